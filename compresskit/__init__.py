@@ -1,0 +1,78 @@
+"""compresskit: pluggable compression and knowledge distillation for Hugging Face Transformers.
+
+The names below are the public API; everything else is an implementation detail.
+"""
+
+from compresskit.commands import Command
+from compresskit.component import Component
+from compresskit.decomposition import (
+    DEFAULT_TOKENS,
+    CompressedModule,
+    Cost,
+    Decomposition,
+    class_names,
+    dense_bias,
+    dense_cost,
+    dense_linear_flops,
+    dense_weight,
+    is_conv1d,
+    linear_shape,
+)
+from compresskit.distillation import Distiller, Loss
+from compresskit.errors import (
+    CheckpointError,
+    CompressKitError,
+    ConfigError,
+    DataError,
+    DecompositionError,
+    DuplicateNameError,
+    MissingDependencyError,
+    NoMatchingModulesError,
+    PluginError,
+    TrainingError,
+    UnknownNameError,
+)
+from compresskit.hookspecs import hookimpl, hookspec
+from compresskit.plugins import get_plugin_manager
+from compresskit.registry import Registry
+from compresskit.tasks import Task
+from compresskit.tracking import NullTracker, Tracker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TOKENS",
+    "CheckpointError",
+    "Command",
+    "Component",
+    "CompressKitError",
+    "CompressedModule",
+    "ConfigError",
+    "Cost",
+    "DataError",
+    "Decomposition",
+    "DecompositionError",
+    "Distiller",
+    "DuplicateNameError",
+    "Loss",
+    "MissingDependencyError",
+    "NoMatchingModulesError",
+    "NullTracker",
+    "PluginError",
+    "Registry",
+    "Task",
+    "Tracker",
+    "TrainingError",
+    "UnknownNameError",
+    "__version__",
+    "class_names",
+    "dense_bias",
+    "dense_cost",
+    "dense_linear_flops",
+    "dense_weight",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "is_conv1d",
+    "linear_shape",
+]

@@ -1,0 +1,18 @@
+"""The core's own plugin: generic CLI commands and the null tracker, registered like any plugin."""
+
+from __future__ import annotations
+
+from compresskit.commands import Command
+from compresskit.commands.plugins import PluginsCommand
+from compresskit.hookspecs import hookimpl
+from compresskit.tracking import NullTracker, Tracker
+
+
+@hookimpl
+def compresskit_register_commands() -> list[type[Command]]:
+    return [PluginsCommand]
+
+
+@hookimpl
+def compresskit_register_trackers() -> list[type[Tracker]]:
+    return [NullTracker]

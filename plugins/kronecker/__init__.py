@@ -1,0 +1,1 @@
+"""Kronecker-product decomposition (KroneckerBERT, Tahaei et al. 2022). Work in progress."""
