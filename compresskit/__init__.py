@@ -34,6 +34,7 @@ from compresskit.errors import (
 )
 from compresskit.hookspecs import hookimpl, hookspec
 from compresskit.plugins import get_plugin_manager
+from compresskit.presets import Preset
 from compresskit.registry import Registry
 from compresskit.tasks import Task
 from compresskit.tracking import NullTracker, Tracker
@@ -59,6 +60,7 @@ __all__ = [
     "NoMatchingModulesError",
     "NullTracker",
     "PluginError",
+    "Preset",
     "Registry",
     "Task",
     "Tracker",

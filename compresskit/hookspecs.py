@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from compresskit.commands import Command
     from compresskit.decomposition import Decomposition
     from compresskit.distillation import Distiller, Loss
+    from compresskit.presets import Preset
     from compresskit.tasks import Task
     from compresskit.tracking import Tracker
 
@@ -57,6 +58,12 @@ def compresskit_register_trackers() -> list[type[Tracker]]:
 
 
 @hookspec
+def compresskit_register_presets() -> list[type[Preset]]:
+    """Return :class:`~compresskit.presets.Preset` subclasses: named group configurations (KroneckerBERT21)."""
+    raise NotImplementedError
+
+
+@hookspec
 def compresskit_register_commands() -> list[type[Command]]:
     """Return :class:`~compresskit.commands.Command` subclasses: sub-commands of the ``compresskit`` CLI."""
     raise NotImplementedError
@@ -69,5 +76,6 @@ REGISTER_HOOKS: dict[str, str] = {
     "loss": "compresskit_register_losses",
     "task": "compresskit_register_tasks",
     "tracker": "compresskit_register_trackers",
+    "preset": "compresskit_register_presets",
     "command": "compresskit_register_commands",
 }

@@ -20,6 +20,7 @@ from compresskit.distillation import Distiller, Loss
 from compresskit.errors import DuplicateNameError, PluginError, unknown_name
 from compresskit.hookspecs import REGISTER_HOOKS
 from compresskit.plugins import PluginSource, get_plugin_manager, plugin_source
+from compresskit.presets import Preset
 from compresskit.tasks import Task
 from compresskit.tracking import Tracker
 
@@ -30,6 +31,7 @@ KIND_BASES: dict[str, type] = {
     "loss": Loss,
     "task": Task,
     "tracker": Tracker,
+    "preset": Preset,
     "command": Command,
 }
 
