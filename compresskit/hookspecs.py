@@ -59,7 +59,7 @@ def compresskit_register_trackers() -> list[type[Tracker]]:
 
 @hookspec
 def compresskit_register_presets() -> list[type[Preset]]:
-    """Return :class:`~compresskit.presets.Preset` subclasses: named group configurations (KroneckerBERT21)."""
+    """Return :class:`~compresskit.presets.Preset` subclasses: named group configurations."""
     raise NotImplementedError
 
 
