@@ -33,6 +33,7 @@ from compresskit.errors import (
     UnknownNameError,
 )
 from compresskit.hookspecs import hookimpl, hookspec
+from compresskit.measure import LatencyResult, measure_model, size_on_disk_mb
 from compresskit.plugins import get_plugin_manager
 from compresskit.presets import Preset
 from compresskit.registry import Registry
@@ -55,6 +56,7 @@ __all__ = [
     "DecompositionError",
     "Distiller",
     "DuplicateNameError",
+    "LatencyResult",
     "Loss",
     "MissingDependencyError",
     "NoMatchingModulesError",
@@ -77,4 +79,6 @@ __all__ = [
     "hookspec",
     "is_conv1d",
     "linear_shape",
+    "measure_model",
+    "size_on_disk_mb",
 ]
