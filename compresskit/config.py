@@ -1,0 +1,224 @@
+"""Reading, overriding, validating and writing strategy config files (TOML).
+
+* :func:`load_config` reads a file with stdlib :mod:`tomllib`, applies ``--set key=value`` overrides and
+  returns a :class:`~compresskit.strategy.Strategy`; an unknown key is a :class:`ConfigError` naming the
+  dotted path (``steps[1].options.stage2.lrr``), the file and line, and a did-you-mean.
+* :func:`apply_overrides` implements ``--set``: the key is a dotted path with ``[i]`` indices, the value is
+  read with TOML semantics (``1e-4`` is a float, ``true`` a bool, ``[2, 8]`` an array); anything that is not
+  a TOML value is taken as a string (``--set model.teacher=./my-bert``).
+* :func:`validate_components` instantiates every named component (task, tracker, distillers, presets,
+  decompositions) through the registry, so bad options fail before any training starts.
+* :func:`dumps_toml` writes a strategy back as TOML (the resolved config saved in each run directory).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from compresskit.errors import ConfigError
+from compresskit.registry import Registry
+from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_KEY_PATH = re.compile(r"[^.\[\]=\s]+(\[\d+\]|\.[^.\[\]=\s]+)*")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or a syntax error is a :class:`ConfigError` naming the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(file)!r} does not exist (working directory: {Path.cwd()}).")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}.") from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Strategy:
+    """Read ``path``, apply ``--set`` ``overrides`` and return the validated :class:`Strategy`."""
+    overrides = list(overrides)
+    data = apply_overrides(read_toml(path), overrides)
+    try:
+        return strategy_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(_with_location(str(exc), Path(path), overrides)) from None
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """Split ``"a.b[1].c=value"`` into ``(["a", "b", 1, "c"], value)`` with TOML value semantics."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps[1].options.stage2.lr=1e-4.")
+    return parse_key_path(key.strip()), parse_value(raw.strip())
+
+
+def parse_key_path(key: str) -> list[str | int]:
+    """``"steps[1].options"`` → ``["steps", 1, "options"]`` (``steps.1.options`` works too)."""
+    if not _KEY_PATH.fullmatch(key):
+        raise ConfigError(f"--set {key!r}: malformed key path; use dotted keys and [i] for array items.")
+    return [
+        int(index) if index else (int(word) if word.isdigit() else word)
+        for word, index in _PATH_TOKEN.findall(key)
+    ]
+
+
+def parse_value(raw: str) -> Any:
+    """The TOML value written in ``raw``, or ``raw`` itself as a string when it is not TOML."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A deep copy of ``data`` with every ``KEY=VALUE`` of ``overrides`` set (creating tables)."""
+    result = copy.deepcopy(dict(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(result, path, value, text)
+    return result
+
+
+def _set_path(data: Any, path: Sequence[str | int], value: Any, text: str) -> None:
+    node = data
+    for depth, token in enumerate(path):
+        last = depth == len(path) - 1
+        where = format_path(path[: depth + 1])
+        if isinstance(token, int):
+            if not isinstance(node, list) or not -len(node) <= token < len(node):
+                size = len(node) if isinstance(node, list) else "no"
+                raise ConfigError(f"--set {text!r}: {where} does not exist ({size} items there).")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {text!r}: {format_path(path[:depth])} is not a table.")
+        if last:
+            node[token] = value
+        else:
+            if isinstance(token, str) and token not in node:
+                node[token] = [] if isinstance(path[depth + 1], int) else {}
+            node = node[token]
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """``["steps", 1, "options"]`` → ``"steps[1].options"``."""
+    text = ""
+    for token in path:
+        text += f"[{token}]" if isinstance(token, int) else (f".{token}" if text else token)
+    return text
+
+
+def _with_location(message: str, file: Path, overrides: Sequence[str]) -> str:
+    """Append ``(file:line)`` for the offending key, or the ``--set`` that introduced it."""
+    dotted = message.split(":", 1)[0]
+    tokens = [t for t in re.split(r"[.\[\]]", dotted) if t and not t.isdigit()]
+    if not tokens:
+        return f"{file}: {message}"
+    key = tokens[-1]
+    for text in overrides:
+        written = text.partition("=")[0].strip()
+        if written == dotted or written.startswith((f"{dotted}.", f"{dotted}[")):
+            return f"{message} (from --set {text!r})"
+    pattern = re.compile(rf"^\s*(\"?{re.escape(key)}\"?\s*=|\[+[^\]]*\b{re.escape(key)}\]+)")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return message
+    for number, line in enumerate(lines, start=1):
+        if pattern.search(line):
+            return f"{message} ({file}:{number})"
+    return f"{message} (in {file})"
+
+
+def validate_components(strategy: Strategy, registry: Registry | None = None) -> None:
+    """Instantiate every component the strategy names, so bad names or options fail up front."""
+    registry = registry or Registry.from_plugins()
+    registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
+    if strategy.tracking.tracker != "none":
+        registry.get("tracker", strategy.tracking.tracker, where="tracking.tracker")
+    _validate_training(strategy.finetune.training, "finetune.training")
+    for index, step in enumerate(strategy.steps):
+        where = f"steps[{index}]"
+        if isinstance(step, DistillStep):
+            registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
+        elif isinstance(step, DecomposeStep):
+            _validate_decompose(step, registry, where)
+
+
+def _validate_training(values: Mapping[str, Any], where: str) -> None:
+    from compresskit.component import parse_options
+
+    try:
+        from compresskit.training import TrainingConfig
+    except ImportError:  # the training loop is optional at validation time
+        return
+    parse_options(TrainingConfig, dict(values), where)
+
+
+def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> None:
+    if step.preset is None and not step.groups:
+        raise ConfigError(f'{where}: a decompose step needs `preset = "..."` or [[steps.groups]].')
+    if step.preset is not None:
+        registry.get("preset", step.preset, where=f"{where}.preset")
+    if step.decomposition is not None:
+        registry.get("decomposition", step.decomposition, where=f"{where}.decomposition")
+    for number, group in enumerate(step.groups):
+        name = group.get("decomposition", step.decomposition)
+        gwhere = f"{where}.groups[{number}]"
+        if name is None:
+            raise ConfigError(f"{gwhere}: no `decomposition` (set it in the group or in the step).")
+        registry.create("decomposition", name, group.get("options", {}), where=f"{gwhere}.options")
+
+
+def dumps_toml(data: Mapping[str, Any]) -> str:
+    """Write a config mapping as TOML (tables after scalars, arrays of tables as ``[[...]]``)."""
+    lines: list[str] = []
+    _write_table(lines, data, [])
+    return "\n".join(lines).strip() + "\n"
+
+
+def _write_table(lines: list[str], data: Mapping[str, Any], prefix: list[str]) -> None:
+    tables = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if (isinstance(value, Mapping) and value) or _is_table_array(value):
+            tables.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in tables:
+        path = [*prefix, _key(key)]
+        if isinstance(value, Mapping):
+            lines.extend(["", f"[{'.'.join(path)}]"])
+            _write_table(lines, value, path)
+        else:
+            for item in value:
+                lines.extend(["", f"[[{'.'.join(path)}]]"])
+                _write_table(lines, item, path)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _value(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} as TOML.")
