@@ -1,26 +1,194 @@
-"""The Distiller and Loss base classes.
+"""The Distiller and Loss base classes, the outputs they compare and the layer mapping.
 
 A :class:`Loss` compares what a student and a teacher produced on a batch (logits, hidden states,
-pre-softmax attention scores, ...) and returns a scalar. A :class:`Distiller` trains a student against
-one or more teachers with a set of weighted losses. Both are registered through plugins.
+pre-softmax attention scores, ...) — two :class:`DistillationOutputs` — and returns a weighted scalar.
+A :class:`Distiller` trains a student against one or more teachers with a set of weighted losses.
+Both are registered through plugins. :class:`LayerMapping` says which student layer is compared with
+which teacher layer (one-to-one, TinyBERT's uniform skip, or an explicit list).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
 
 from compresskit.component import Component
+from compresskit.errors import ConfigError
+
+#: Output names a loss may require (see :attr:`Loss.requires`).
+OUTPUT_NAMES = ("logits", "hidden_states", "attention_scores", "labels", "loss")
+
+
+@dataclass
+class DistillationOutputs:
+    """What one model produced on one batch.
+
+    ``hidden_states[0]`` is the embedding output and ``hidden_states[l]`` the output of transformer
+    layer ``l`` (1-based); ``attention_scores[l - 1]`` are layer ``l``'s pre-softmax scores
+    ``QKᵀ/√d_k`` of shape (batch, heads, query, key), without the padding mask. ``attention_mask`` is the
+    (batch, tokens) padding mask of the inputs this model saw (1 = real token).
+    """
+
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attention_scores: tuple[torch.Tensor, ...] | None = None
+    attention_mask: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    captured: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer layers whose outputs were captured."""
+        return len(self.hidden_states) - 1 if self.hidden_states else 0
+
+    def detach(self) -> DistillationOutputs:
+        """A copy with every tensor detached (for cached teacher outputs)."""
+        return DistillationOutputs(
+            **{f.name: _detach(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
+
+    def to(self, device: torch.device | str) -> DistillationOutputs:
+        """A copy with every tensor moved to ``device``."""
+        values = {f.name: _move(getattr(self, f.name), device) for f in dataclasses.fields(self)}
+        return DistillationOutputs(**values)
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def _move(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_move(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class LayerMapping:
+    """Pairs ``(student_layer, teacher_layer)`` of transformer layers, 1-based (0 = embeddings).
+
+    Build it with :meth:`build` from ``"one_to_one"``, ``"uniform"`` (TinyBERT, Jiao et al. 2020:
+    student layer ``i`` ↔ teacher layer ``i·k`` with ``k = teacher_layers / student_layers``) or an
+    explicit list: ``[t1, t2, ...]`` (teacher layer of each student layer) or ``[[s, t], ...]``.
+    """
+
+    pairs: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def build(
+        cls, spec: str | Sequence[Any], student_layers: int, teacher_layers: int, *, where: str = "mapping"
+    ) -> LayerMapping:
+        """Validate ``spec`` against the two depths; a bad spec raises :class:`ConfigError`."""
+        if spec == "one_to_one":
+            if student_layers != teacher_layers:
+                raise ConfigError(
+                    f"{where}: 'one_to_one' needs equal depths, but the student has {student_layers} "
+                    f"layers and the teacher {teacher_layers}; use 'uniform' or an explicit list."
+                )
+            pairs = tuple((i, i) for i in range(1, student_layers + 1))
+        elif spec == "uniform":
+            if student_layers < 1 or teacher_layers % student_layers:
+                raise ConfigError(
+                    f"{where}: 'uniform' needs the teacher depth ({teacher_layers}) to be a multiple of "
+                    f"the student depth ({student_layers}); give an explicit list instead."
+                )
+            step = teacher_layers // student_layers
+            pairs = tuple((i, i * step) for i in range(1, student_layers + 1))
+        elif isinstance(spec, str):
+            raise ConfigError(f"{where}: unknown mapping {spec!r}; use 'one_to_one', 'uniform' or a list.")
+        else:
+            pairs = _explicit_pairs(spec, where)
+        for s, t in pairs:
+            if not (1 <= s <= student_layers and 1 <= t <= teacher_layers):
+                raise ConfigError(
+                    f"{where}: pair (student {s}, teacher {t}) is out of range: the student has layers "
+                    f"1..{student_layers} and the teacher 1..{teacher_layers}."
+                )
+        return cls(pairs)
+
+
+def _explicit_pairs(spec: Sequence[Any], where: str) -> tuple[tuple[int, int], ...]:
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in spec):
+        return tuple((i, int(t)) for i, t in enumerate(spec, start=1))
+    if all(isinstance(p, Sequence) and len(p) == 2 and all(isinstance(x, int) for x in p) for p in spec):
+        return tuple((int(p[0]), int(p[1])) for p in spec)
+    raise ConfigError(
+        f"{where}: expected a list of teacher layers or of [student, teacher] pairs, got {spec!r}."
+    )
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything a loss sees: both models' outputs, the batch and the layer mapping."""
+
+    student: DistillationOutputs
+    teacher: DistillationOutputs
+    batch: Mapping[str, Any]
+    mapping: LayerMapping
 
 
 class Loss(Component):
     """Base class of distillation and task losses (``compresskit_register_losses``).
 
-    ``requires`` names the outputs the loss reads (e.g. ``{"hidden_states"}``) so that a strategy that
-    asks for an output the model cannot produce fails before training starts.
+    ``requires`` names the outputs the loss reads (from :data:`OUTPUT_NAMES`) so that a strategy that
+    asks for an output the model cannot produce fails before training starts (:meth:`check`).
+    ``needs_teacher`` is ``False`` for losses on the student alone (task loss, MLM). Subclasses implement
+    :meth:`compute`; ``__call__`` multiplies it by ``options.weight`` when the options have one.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    needs_teacher: ClassVar[bool] = True
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        weight = float(getattr(self.options, "weight", 1.0))
+        return weight * self.compute(inputs)
+
+    def compute(self, inputs: LossInputs) -> torch.Tensor:
+        """The unweighted loss value (a scalar tensor)."""
+        raise NotImplementedError(f"loss {self.name!r} does not implement compute()")
+
+    def check(self, available: frozenset[str], *, model: str, where: str = "") -> None:
+        """Raise :class:`ConfigError` if ``model`` cannot produce an output this loss requires."""
+        missing = sorted(self.requires - available)
+        if missing:
+            raise ConfigError(
+                f"{where or self.name}: loss {self.name!r} needs the {', '.join(missing)} of the {model}, "
+                f"which it does not produce (it produces: {', '.join(sorted(available)) or 'nothing'}). "
+                "Remove the loss or use a model with that output."
+            )
 
 
 class Distiller(Component):
-    """Base class of distillers (``compresskit_register_distillers``)."""
+    """Base class of distillers (``compresskit_register_distillers``).
+
+    :meth:`distill` trains ``student`` in place against ``teachers`` (named, e.g. ``"pretrained"`` and
+    ``"finetuned"``) on the loaders in ``data`` (named by stage, e.g. ``"train"`` or ``"stage1"``) and
+    returns a JSON-able summary.
+    """
+
+    def distill(
+        self,
+        student: torch.nn.Module,
+        teachers: Mapping[str, torch.nn.Module],
+        data: Mapping[str, Any],
+        *,
+        output_dir: Any,
+        evaluate: Any = None,
+        tracker: Any = None,
+    ) -> dict[str, Any]:
+        """Train the student; return per-stage results (losses, metrics, checkpoints)."""
+        raise NotImplementedError(f"distiller {self.name!r} does not implement distill()")

@@ -32,6 +32,7 @@ DISABLE_ENV = "COMPRESSKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "compresskit.builtin",
     "compresskit_plugins.kronecker",
+    "compresskit_plugins.losses",
     "compresskit_plugins.low_rank",
 )
 
