@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compresskit_plugins.kronecker",
     "compresskit_plugins.losses",
     "compresskit_plugins.low_rank",
+    "compresskit_plugins.mlflow_tracker",
 )
 
 

@@ -1,0 +1,276 @@
+"""The ``mlflow`` tracker: params, metrics over steps, artifacts and tags of a run, through MlflowClient.
+
+Where runs go: ``tracking_uri`` option, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in
+the working directory (an embedded store; ``mlflow ui`` in that directory shows it). A new experiment in
+a sqlite store keeps its artifacts in ``mlartifacts/`` beside the database file.
+
+An unreachable server never loses results. ``start_run`` probes an ``http(s)`` server's ``/health``
+(``probe_timeout_s``) and checks that a sqlite file's folder exists. If the store is not usable:
+
+- ``fail_if_unreachable = true``: :class:`TrackingUnavailableError` is raised from ``start_run``,
+  i.e. before any training starts;
+- otherwise (default) an :class:`UntrackedRunWarning` starting with ``NOT TRACKED`` is issued and every
+  call is written to a JSON-lines journal in ``fallback_dir`` (see :mod:`.journal`, which can replay it
+  later). The same happens if the store fails in the middle of a run.
+
+MLflow is imported lazily (it takes seconds), and only ``MlflowClient`` with explicit run ids is used,
+never the fluent active-run state, so several trackers can run in one process.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compresskit import CompressKitError, Tracker
+
+from .journal import RunJournal
+from .values import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_PER_BATCH,
+    chunks,
+    default_tags,
+    metric_floats,
+    param_strings,
+)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Artifacts logged under this artifact path (or below it) are the saved model (see ``log_models``).
+MODEL_ARTIFACT_PATH = "model"
+#: MLflow error codes that mean "this value was refused", not "the store is gone".
+_REFUSED_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
+
+
+class TrackingUnavailableError(CompressKitError):
+    """The tracking store cannot be reached and ``fail_if_unreachable`` is set."""
+
+
+class UntrackedRunWarning(UserWarning):
+    """A run (or the rest of it) is recorded in a local journal instead of the tracking store."""
+
+
+@dataclass(frozen=True)
+class MlflowOptions:
+    """Options of the ``mlflow`` tracker (``[tracking]`` in a config file)."""
+
+    tracking_uri: str | None = None
+    experiment: str = "compresskit"
+    run_name: str | None = None
+    log_models: bool = True
+    fail_if_unreachable: bool = False
+    artifact_location: str | None = None
+    fallback_dir: str = "compresskit-untracked"
+    probe_timeout_s: float = 3.0
+
+
+class MlflowTracker(Tracker):
+    """Log runs to MLflow (a local sqlite store by default, or a server); see the module docstring."""
+
+    name = "mlflow"
+    Options = MlflowOptions
+    options: MlflowOptions
+
+    def __init__(self, options: Mapping[str, Any] | None = None, *, where: str = "") -> None:
+        super().__init__(options, where=where)
+        self._client: Any = None
+        self.run_id: str | None = None
+        self.journal: RunJournal | None = None
+        #: The journal file of the last run that fell back to one (kept after ``end_run``).
+        self.journal_path: Path | None = None
+        self.tracking_uri = ""
+
+    @property
+    def tracked(self) -> bool:
+        """True while calls go to MLflow (False once they go to the fallback journal)."""
+        return self._client is not None
+
+    def start_run(
+        self, run_name: str, *, experiment: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Open a run in ``experiment`` (default: the option); ``None`` when only the journal records it."""
+        self.tracking_uri = resolve_tracking_uri(self.options.tracking_uri)
+        name = self.options.run_name or run_name
+        experiment_name = experiment or self.options.experiment
+        all_tags = default_tags(tags)
+        problem = probe_store(self.tracking_uri, self.options.probe_timeout_s)
+        if problem is None:
+            try:
+                self._client, self.run_id = self._open_run(name, experiment_name, all_tags)
+                return self.run_id
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+        if self.options.fail_if_unreachable:
+            raise TrackingUnavailableError(
+                f"tracking store {self.tracking_uri} is not usable: {problem}. Nothing was started. "
+                "Start the server, fix --tracking-uri / MLFLOW_TRACKING_URI, or set "
+                "fail_if_unreachable = false to record the run in a local journal instead."
+            )
+        self._start_journal(name, experiment_name, all_tags, problem)
+        return None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        strings = param_strings(params)
+        if not strings:
+            return
+        self._send("params", {"params": strings}, lambda: self._log_params_batches(strings))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        values = metric_floats(metrics)
+        if not values:
+            return
+        self._send(
+            "metrics", {"metrics": values, "step": step}, lambda: self._log_metric_batches(values, step)
+        )
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        local = Path(path)
+        if not self.options.log_models and _is_model_path(artifact_path):
+            return
+        if not local.exists():
+            warnings.warn(f"mlflow tracker: artifact {local} does not exist; not logged.", stacklevel=2)
+            return
+        fields = {"path": str(local.resolve()), "artifact_path": artifact_path}
+        self._send("artifact", fields, lambda: self._log_local(local, artifact_path))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        strings = {key: str(value) for key, value in tags.items()}
+        if strings:
+            self._send("tags", {"tags": strings}, lambda: self._log_tags(strings))
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        if self.run_id is None and self.journal is None:
+            return
+        self._send("end", {"status": status}, lambda: self._client.set_terminated(self.run_id, status))
+        self._client, self.run_id, self.journal = None, None, None
+
+    # -- MLflow calls -------------------------------------------------------------------------------
+
+    def _open_run(self, run_name: str, experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment_id = _experiment_id(client, experiment, self._artifact_location())
+        run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+        return client, run.info.run_id
+
+    def _artifact_location(self) -> str | None:
+        if self.options.artifact_location:
+            return self.options.artifact_location
+        if self.tracking_uri.startswith("sqlite:///"):
+            database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            return str((database.parent / "mlartifacts").resolve())
+        return None
+
+    def _log_params_batches(self, strings: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, value) for key, value in strings.items()]
+        for batch in chunks(items, MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, params=list(batch))
+
+    def _log_metric_batches(self, values: dict[str, float], step: int | None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, value, now, step or 0) for key, value in values.items()]
+        for batch in chunks(items, MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=list(batch))
+
+    def _log_tags(self, strings: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, value) for key, value in strings.items()]
+        for batch in chunks(items, MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, tags=list(batch))
+
+    def _log_local(self, local: Path, artifact_path: str | None) -> None:
+        if local.is_dir():
+            self._client.log_artifacts(self.run_id, str(local), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(local), artifact_path)
+
+    # -- the fallback journal -----------------------------------------------------------------------
+
+    def _send(self, event: str, fields: dict[str, Any], call: Callable[[], object]) -> None:
+        """Run ``call`` against MLflow; on failure record the event in the journal instead."""
+        if self._client is None:
+            if self.journal is not None:
+                self.journal.write(event, **fields)
+            return
+        try:
+            call()
+        except Exception as exc:
+            if getattr(exc, "error_code", None) in _REFUSED_CODES:
+                warnings.warn(f"mlflow tracker: MLflow refused {event}: {exc}", stacklevel=3)
+                return
+            self._switch_to_journal(f"{type(exc).__name__}: {exc}").write(event, **fields)
+
+    def _start_journal(
+        self, run_name: str, experiment: str, tags: dict[str, str], problem: str
+    ) -> RunJournal:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{experiment}-{run_name}")
+        journal = RunJournal(Path(self.options.fallback_dir).resolve() / f"{safe}-{stamp}.jsonl")
+        journal.write("start", run_name=run_name, experiment=experiment, tags=tags, problem=problem)
+        self.journal, self.journal_path = journal, journal.path
+        warnings.warn(
+            f"NOT TRACKED: tracking store {self.tracking_uri} is not usable ({problem}). Run "
+            f"{run_name!r} is recorded in {journal.path} instead; results are kept and can be "
+            "replayed into MLflow later (compresskit_plugins.mlflow_tracker.replay_journal).",
+            UntrackedRunWarning,
+            stacklevel=3,
+        )
+        return journal
+
+    def _switch_to_journal(self, problem: str) -> RunJournal:
+        lost_run = self.run_id
+        self._client, self.run_id = None, None
+        return self._start_journal(f"rest-of-{lost_run}", self.options.experiment, {}, problem)
+
+
+def resolve_tracking_uri(explicit: str | None) -> str:
+    """The option, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (cwd)."""
+    import os
+
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def probe_store(uri: str, timeout: float) -> str | None:
+    """``None`` when the store looks usable, else why not (server not answering, missing folder)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                return None
+        except urllib.error.HTTPError:
+            return None  # something answered: the server is up even if /health is not served
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return f"no answer from {uri}/health within {timeout:g} s: {reason}"
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            return f"the folder {folder} of the sqlite database does not exist"
+    return None
+
+
+def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location))
+    except Exception:  # created meanwhile by another process
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def _is_model_path(artifact_path: str | None) -> bool:
+    return bool(artifact_path) and str(artifact_path).split("/")[0] == MODEL_ARTIFACT_PATH
