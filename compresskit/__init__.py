@@ -39,6 +39,7 @@ from compresskit.presets import Preset
 from compresskit.registry import Registry
 from compresskit.tasks import Task
 from compresskit.tracking import NullTracker, Tracker
+from compresskit.training import Trainer, TrainingConfig, TrainResult
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,9 @@ __all__ = [
     "Registry",
     "Task",
     "Tracker",
+    "TrainResult",
+    "Trainer",
+    "TrainingConfig",
     "TrainingError",
     "UnknownNameError",
     "__version__",
