@@ -1,0 +1,195 @@
+"""``KroneckerEmbedding``: a v×d table E ≈ Σ_r A_r⊗b_r with A_r v×(d/n) and a row vector b_r 1×n.
+
+KroneckerBERT §3.3 (Eq. 8) uses one term: token i's vector is A_i⊗b, i.e. the d/n entries of row i of
+A each scaling the same n-vector b, an O(d) lookup. With k = d/n,
+
+    E[v, j·n + l] = Σ_r A_r[v, j]·b_r[l]     and so     (h·Eᵀ)[v] = Σ_r Σ_j A_r[v, j]·(H·b_rᵀ)[j]
+
+with H = h reshaped (k, n): the tied output projection (logits = h·Eᵀ) is one (k·R)-wide matmul
+against A, never building E (see :meth:`KroneckerEmbedding.project`).
+
+The R tables are stored side by side as one (v, R·k) lookup table, so ``padding_idx`` works exactly as in
+``nn.Embedding``: that row gets no gradient (and, initialised from a zero row, stays a zero vector).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compresskit import DecompositionError
+
+from .nearest import nearest_kronecker
+from .shapes import check_terms
+
+
+class KroneckerEmbedding(nn.Module):
+    """Embedding lookup from Kronecker factors: ``a`` (v, R·d/n) table, ``b`` (R, 1, n) row vectors."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        n: int,
+        num_terms: int = 1,
+        padding_idx: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if n < 1 or embedding_dim % n:
+            raise DecompositionError(f"KroneckerEmbedding: n={n} must divide embedding_dim={embedding_dim}.")
+        check_terms(num_terms, (num_embeddings, embedding_dim // n), (1, n), "KroneckerEmbedding")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.n, self.k, self.num_terms = n, embedding_dim // n, num_terms
+        self.padding_idx = _normalise_padding(padding_idx, num_embeddings)
+        factory = {"device": device, "dtype": dtype}
+        self.a = nn.Parameter(torch.empty(num_embeddings, num_terms * self.k, **factory))  # type: ignore[arg-type]
+        self.b = nn.Parameter(torch.empty(num_terms, 1, n, **factory))  # type: ignore[arg-type]
+        self.reset_parameters()
+
+    @property
+    def a_shape(self) -> tuple[int, int]:
+        return (self.num_embeddings, self.k)
+
+    @property
+    def b_shape(self) -> tuple[int, int]:
+        return (1, self.n)
+
+    def reset_parameters(self) -> None:
+        """Normal factors whose product has unit-ish scale; the padding row is zero."""
+        nn.init.normal_(self.a)
+        nn.init.normal_(self.b, std=self.num_terms**-0.5)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.a[self.padding_idx].zero_()
+
+    @classmethod
+    def from_embedding(
+        cls,
+        embedding: nn.Embedding,
+        n: int,
+        num_terms: int = 1,
+        *,
+        svd: str = "auto",
+        initialize: bool = True,
+        name: str = "",
+    ) -> KroneckerEmbedding:
+        """A new layer approximating ``embedding`` by nearest-Kronecker SVD; the old one is not touched."""
+        weight = embedding.weight
+        new = cls(
+            embedding.num_embeddings,
+            embedding.embedding_dim,
+            n,
+            num_terms,
+            embedding.padding_idx,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        if initialize:
+            new.load_dense(weight, svd=svd, where=name or "Embedding")
+        return new
+
+    @torch.no_grad()
+    def load_dense(self, weight: torch.Tensor, *, svd: str = "auto", where: str = "embedding") -> None:
+        """Set the factors to the nearest Kronecker sum of the (v, d) table ``weight``."""
+        a, b = nearest_kronecker(weight, (self.num_embeddings, self.k), self.num_terms, svd=svd, where=where)  # type: ignore[arg-type]
+        self.a.copy_(a.permute(1, 0, 2).reshape(self.num_embeddings, -1))
+        self.b.copy_(b)
+
+    def _factors(self) -> torch.Tensor:
+        return self.a.reshape(self.num_embeddings, self.num_terms, self.k)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.a, self.padding_idx)  # (..., R·k)
+        rows = rows.reshape(*ids.shape, self.num_terms, self.k, 1)
+        vectors = (rows * self.b).sum(dim=-3)  # (..., k, n)
+        return vectors.reshape(*ids.shape, self.embedding_dim)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits h·Eᵀ (..., v) for hidden states (..., d), without building E (a tied output layer)."""
+        chunks = hidden.reshape(*hidden.shape[:-1], 1, self.k, self.n)
+        reduced = (chunks * self.b).sum(dim=-1)  # (..., R, k)
+        return reduced.reshape(*hidden.shape[:-1], self.num_terms * self.k) @ self.a.t()
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (v, d) table Σ_r A_r⊗b_r."""
+        return (
+            (self._factors().unsqueeze(-1) * self.b.unsqueeze(0))
+            .sum(dim=1)
+            .reshape(self.num_embeddings, self.embedding_dim)
+        )
+
+    def to_dense(self) -> nn.Embedding:
+        """A plain ``nn.Embedding`` with the reconstructed table and the same ``padding_idx``."""
+        dense = nn.Embedding(
+            self.num_embeddings,
+            self.embedding_dim,
+            self.padding_idx,
+            device=self.a.device,
+            dtype=self.a.dtype,
+        )
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+        return dense
+
+    def tied_head(self, bias: torch.Tensor | None = None) -> KroneckerTiedHead:
+        """An output layer sharing this embedding's factors (logits = h·Eᵀ + bias)."""
+        return KroneckerTiedHead(self, bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, a_shape={self.a_shape}, b_shape={self.b_shape}, "
+            f"num_terms={self.num_terms}, padding_idx={self.padding_idx}"
+        )
+
+
+class KroneckerTiedHead(nn.Module):
+    """A Linear-like output layer (d → v) whose weight *is* a :class:`KroneckerEmbedding`'s table.
+
+    It owns no factor of its own, so the head stays tied to the embedding (a gradient through either
+    reaches the same factors). Per token it costs one d → R·k contraction with the b_r and one
+    (R·k) → v matmul with A, instead of the dense d → v matmul.
+    """
+
+    def __init__(self, embedding: KroneckerEmbedding, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.in_features, self.out_features = embedding.embedding_dim, embedding.num_embeddings
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.embedding.project(hidden)
+        return logits + self.bias if self.bias is not None else logits
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (v, d) weight, equal to the embedding table."""
+        return self.embedding.dense_weight()
+
+    def to_dense(self) -> nn.Linear:
+        """A plain (untied) ``nn.Linear`` with the reconstructed weight."""
+        weight = self.dense_weight()
+        dense = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+
+def _normalise_padding(padding_idx: int | None, num_embeddings: int) -> int | None:
+    if padding_idx is None:
+        return None
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise DecompositionError(
+            f"KroneckerEmbedding: padding_idx={padding_idx} is outside the vocabulary of {num_embeddings}."
+        )
+    return padding_idx % num_embeddings
