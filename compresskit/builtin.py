@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from compresskit.commands import Command
+from compresskit.commands.demo import DemoCommand
 from compresskit.commands.plugins import PluginsCommand
+from compresskit.commands.run import RunCommand
 from compresskit.hookspecs import hookimpl
 from compresskit.tracking import NullTracker, Tracker
 
 
 @hookimpl
 def compresskit_register_commands() -> list[type[Command]]:
-    return [PluginsCommand]
+    return [PluginsCommand, RunCommand, DemoCommand]
 
 
 @hookimpl

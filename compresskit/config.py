@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -159,18 +160,20 @@ def _validate_training(values: Mapping[str, Any], where: str) -> None:
 
 
 def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> None:
-    if step.preset is None and not step.groups:
-        raise ConfigError(f'{where}: a decompose step needs `preset = "..."` or [[steps.groups]].')
-    if step.preset is not None:
-        registry.get("preset", step.preset, where=f"{where}.preset")
-    if step.decomposition is not None:
-        registry.get("decomposition", step.decomposition, where=f"{where}.decomposition")
-    for number, group in enumerate(step.groups):
-        name = group.get("decomposition", step.decomposition)
-        gwhere = f"{where}.groups[{number}]"
-        if name is None:
-            raise ConfigError(f"{gwhere}: no `decomposition` (set it in the group or in the step).")
-        registry.create("decomposition", name, group.get("options", {}), where=f"{gwhere}.options")
+    """Parse the step's groups with the walker's own rules, then validate every options table."""
+    from compresskit.targets import parse_step
+
+    for group in parse_step(step_as_mapping(step), where, registry=registry):
+        registry.create("decomposition", group.decomposition, group.options, where=f"{group.where}.options")
+        for number, override in enumerate(group.overrides):
+            merged = {**group.options, **override.options}
+            at = f"{group.where}.overrides[{number}].options"
+            registry.create("decomposition", group.decomposition, merged, where=at)
+
+
+def step_as_mapping(step: DecomposeStep) -> dict[str, Any]:
+    """The config-file form of a decompose step, as the walker's ``parse_step`` reads it."""
+    return {key: value for key, value in dataclasses.asdict(step).items() if value not in (None, ())}
 
 
 def dumps_toml(data: Mapping[str, Any]) -> str:

@@ -1,0 +1,94 @@
+"""The Python API of the main job: ``compress`` runs a whole strategy; ``evaluate`` scores a model.
+
+``compresskit.compress(model_or_path, strategy)`` runs exactly what ``compresskit run`` runs. The
+pieces underneath are public too: ``compresskit.decompose`` (the walker), the distillers from the
+registry, and :func:`evaluate` here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from compresskit.pipeline import CompressResult, Pipeline
+from compresskit.registry import Registry
+from compresskit.strategy import Strategy
+from compresskit.tracking import Tracker
+
+
+def as_strategy(strategy: Strategy | str | Path | Mapping[str, Any]) -> Strategy:
+    """A :class:`Strategy` from itself, a config file path or the config-file mapping."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, str | Path):
+        return Strategy.from_file(strategy)
+    return Strategy.from_dict(strategy)
+
+
+def compress(
+    model: str | Path | None,
+    strategy: Strategy | str | Path | Mapping[str, Any],
+    *,
+    output_dir: str | Path | None = None,
+    tracker: Tracker | None = None,
+    restart: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> CompressResult:
+    """Compress ``model`` (a folder, Hub id or ``"default"``; ``None`` keeps the strategy's teacher).
+
+    Runs the same pipeline as ``compresskit run`` (fine-tune → decompose → distil → evaluate → save →
+    measure → track) in ``output_dir`` and resumes what an earlier call there completed.
+    """
+    resolved = as_strategy(strategy)
+    if model is not None:
+        resolved = dataclasses.replace(
+            resolved, model=dataclasses.replace(resolved.model, teacher=str(model))
+        )
+    pipeline = Pipeline(
+        resolved, output_dir=output_dir, tracker=tracker, restart=restart, device=device, progress=progress
+    )
+    return pipeline.run()
+
+
+def evaluate(
+    model: Any,
+    task: str = "glue",
+    *,
+    tokenizer: Any = None,
+    split: str = "dev",
+    batch_size: int = 64,
+    max_length: int | None = None,
+    limit: int | None = None,
+    registry: Registry | None = None,
+    **task_options: Any,
+) -> dict[str, float]:
+    """The official metrics of ``model`` (a module or a saved folder) on a registered task's split.
+
+    ``evaluate(model, "glue", task="sst2", tokenizer=tok)`` → ``{"accuracy": 0.9}``.
+    """
+    from compresskit.models import load_tokenizer
+
+    registry = registry or Registry.from_plugins()
+    task_obj = registry.create("task", task, task_options, where="task.options")
+    if isinstance(model, str | Path):
+        folder = Path(model)
+        model = _load_any(folder, task_obj)
+        tokenizer = tokenizer or load_tokenizer(folder)
+    if tokenizer is None:
+        raise TypeError("evaluate(model, ...) needs tokenizer=... when model is not a saved folder")
+    return task_obj.evaluate(
+        model, tokenizer, split, batch_size=batch_size, max_length=max_length, limit=limit
+    )
+
+
+def _load_any(folder: Path, task: Any) -> Any:
+    from compresskit.models import load_task_model
+
+    if (folder / "compression_plan.json").is_file():
+        from compresskit.saving import load
+
+        return load(folder)
+    return load_task_model(folder, task)

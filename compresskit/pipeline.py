@@ -1,0 +1,294 @@
+"""The main job, end to end: ``compresskit run CONFIG`` and ``compresskit.compress(model, strategy)``.
+
+Stages, in order (each one's key in ``state.json``)::
+
+    teacher              fine-tune the pre-trained teacher on the task (skipped when already fine-tuned)
+    steps[i]:decompose   walker + decomposition plugin on the current student
+    steps[i]:distill     a distiller trains the student against the teachers (e.g. two-stage KD)
+    evaluate             the task's official metrics of teacher and student on the dev split
+    save                 the final student (compresskit.save format) in ``<run>/model``
+    measure              parameters, FLOPs, size on disk, CPU latency of teacher and student
+    summary              ``summary.json``, the summary table, the tracker's final metrics
+
+Before the first stage, :func:`compresskit.preflight.preflight` checks everything that can be known in
+advance (config, component options, model path, task files, a dry-run plan of every decompose step),
+so bad input fails before any training. After each stage ``state.json`` records it; an interrupted
+run resumes at the next stage, and inside a training stage from the Trainer's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compresskit import stages
+from compresskit.errors import ConfigError
+from compresskit.registry import Registry
+from compresskit.run_state import RunState, write_json_atomic
+from compresskit.strategy import DecomposeStep, DistillStep, Strategy
+from compresskit.summary import format_summary, summarize
+from compresskit.tracking import NullTracker, Tracker
+
+#: Parts of the strategy every stage depends on (fingerprinted with the steps up to the stage).
+BASE_PARTS = ("model", "task", "finetune", "seed")
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """What a run produced: the run directory, the final student, and the summary numbers."""
+
+    run_dir: Path
+    model_dir: Path
+    summary: dict[str, Any]
+    run_id: str | None
+    student: torch.nn.Module | None = None
+
+    @property
+    def table(self) -> str:
+        """The printable summary table (teacher vs student)."""
+        return format_summary(self.summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "model_dir": str(self.model_dir),
+            "run_id": self.run_id,
+            "summary": self.summary,
+        }
+
+
+class Pipeline:
+    """Runs a :class:`Strategy` in a run directory, resuming whatever is already complete there."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        output_dir: str | Path | None = None,
+        registry: Registry | None = None,
+        tracker: Tracker | None = None,
+        restart: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+        on_stage_end: Callable[[str], None] | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.strategy = strategy
+        self.registry = registry or Registry.from_plugins()
+        self.run_dir = Path(output_dir or strategy.output_dir or Path("runs") / strategy.name)
+        self.restart = restart
+        self.device = device or strategy.device
+        self.progress = progress
+        self.on_stage_end = on_stage_end
+        self.echo = echo
+        self._tracker = tracker
+
+    def run(self) -> CompressResult:
+        """Run every stage not already complete; return the :class:`CompressResult`."""
+        from compresskit.preflight import preflight
+
+        checked = preflight(self.strategy, self.registry)
+        if self.restart and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = RunState(self.run_dir)
+        self._write_resolved_config()
+        tracker = self._tracker or self._make_tracker()
+        ctx = stages.RunContext(
+            strategy=self.strategy,
+            registry=self.registry,
+            run_dir=self.run_dir,
+            task=checked.task,
+            tokenizer=checked.tokenizer,
+            tracker=tracker,
+            pretrained_path=checked.pretrained_path,
+            device=self.device,
+            progress=self.progress,
+        )
+        self._start_tracking(tracker, state)
+        try:
+            summary = self._run_stages(ctx, state, checked.teacher_is_finetuned)
+        except KeyboardInterrupt:
+            tracker.end_run("KILLED")
+            raise
+        except BaseException:
+            tracker.end_run("FAILED")
+            raise
+        tracker.end_run("FINISHED")
+        return CompressResult(
+            self.run_dir, self.run_dir / stages.MODEL_DIR, summary, state.data.get("run_id")
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    def _run_stages(self, ctx: stages.RunContext, state: RunState, teacher_is_finetuned: bool) -> dict:
+        teacher = self._stage(
+            state, "teacher", self._parts(0), lambda: self._teacher(ctx, teacher_is_finetuned)
+        )
+        teacher_dir = teacher["path"]
+        current: str | None = None
+        for index, step in enumerate(self.strategy.steps):
+            key = f"steps[{index}]:{step.kind}"
+            out = self.run_dir / "steps" / f"{index:02d}-{step.kind}"
+            result = self._stage(
+                state,
+                key,
+                self._parts(index + 1),
+                self._step_runner(ctx, index, step, current, teacher_dir, out),
+            )
+            current = result["path"]
+        final_parts = self._parts(len(self.strategy.steps))
+        evaluation = self._stage(
+            state,
+            "evaluate",
+            {**final_parts, "evaluation": self._part("evaluation")},
+            lambda: self._evaluate(ctx, teacher_dir, current),
+        )
+        saved = self._stage(state, "save", final_parts, lambda: self._save(ctx, teacher_dir, current))
+        measured = self._stage(
+            state,
+            "measure",
+            {**final_parts, "measure": self._part("measure")},
+            lambda: self._measure(ctx, saved),
+        )
+        summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        self._log_final(ctx.tracker, summary)
+        return summary
+
+    def _stage(self, state: RunState, key: str, parts: Mapping[str, Any], run: Callable[[], dict]) -> dict:
+        fingerprint = _hash(parts)
+        done = state.result(key, fingerprint)
+        if done is not None:
+            self.echo(f"[compresskit] {key}: already complete in {self.run_dir}, skipped")
+            return done
+        self.echo(f"[compresskit] {key}: running")
+        start = time.perf_counter()
+        result = run()
+        seconds = time.perf_counter() - start
+        state.complete(key, fingerprint, result, seconds)
+        self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
+        if self.on_stage_end is not None:
+            self.on_stage_end(key)
+        return result
+
+    def _teacher(self, ctx: stages.RunContext, already_finetuned: bool) -> dict[str, Any]:
+        given = self.strategy.model.finetuned_teacher
+        if given is not None:
+            return {"path": given, "finetuned_here": False}
+        if already_finetuned:
+            return {"path": ctx.pretrained_path, "finetuned_here": False}
+        return stages.finetune_teacher(ctx, self.run_dir / "teacher")
+
+    def _step_runner(
+        self,
+        ctx: stages.RunContext,
+        index: int,
+        step: DecomposeStep | DistillStep,
+        current: str | None,
+        teacher_dir: str,
+        out: Path,
+    ) -> Callable[[], dict]:
+        def run() -> dict[str, Any]:
+            student = stages.load_student(current) if current else stages.initial_student(ctx, teacher_dir)
+            if isinstance(step, DecomposeStep):
+                return stages.decompose_step(ctx, index, step, student, out)
+            return stages.distill_step(ctx, index, step, student, teacher_dir, out)
+
+        return run
+
+    def _evaluate(self, ctx: stages.RunContext, teacher_dir: str, current: str | None) -> dict[str, Any]:
+        teacher = stages.load_task_model(teacher_dir, ctx.task)
+        student = stages.load_student(current) if current else teacher
+        return {
+            "teacher": stages.evaluate_model(ctx, teacher),
+            "student": stages.evaluate_model(ctx, student),
+        }
+
+    def _save(self, ctx: stages.RunContext, teacher_dir: str, current: str | None) -> dict[str, Any]:
+        model_dir = self.run_dir / stages.MODEL_DIR
+        if current is None:
+            raise ConfigError("the strategy has no steps: add a [[steps]] decompose and/or distill step.")
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.copytree(current, model_dir)
+        ctx.tokenizer.save_pretrained(self.run_dir / "tokenizer")
+        teacher_copy = Path(teacher_dir)
+        if not (teacher_copy / "model.safetensors").is_file():  # a Hub id or another layout: save a copy
+            teacher_copy = self.run_dir / "teacher" / stages.MODEL_DIR
+            stages.load_task_model(teacher_dir, ctx.task).save_pretrained(teacher_copy)
+        return {"path": str(model_dir), "teacher_path": str(teacher_copy)}
+
+    def _measure(self, ctx: stages.RunContext, saved: Mapping[str, Any]) -> dict[str, Any]:
+        teacher = stages.load_task_model(saved["teacher_path"], ctx.task)
+        student = stages.load_student(saved["path"])
+        teacher_numbers = stages.measure(ctx, teacher, Path(saved["teacher_path"]))
+        student_numbers = stages.measure(
+            ctx, student, Path(saved["path"]), reference_params=teacher_numbers["params"]
+        )
+        return {"teacher": teacher_numbers, "student": student_numbers}
+
+    # ------------------------------------------------------------------ tracking and helpers
+
+    def _make_tracker(self) -> Tracker:
+        spec = self.strategy.tracking
+        if spec.tracker == "none":
+            return NullTracker()
+        options = dict(spec.options)
+        cls = self.registry.get("tracker", spec.tracker, where="tracking.tracker")
+        fields = getattr(getattr(cls, "Options", None), "__dataclass_fields__", {})
+        if "experiment" in fields:
+            options.setdefault("experiment", spec.experiment)
+        if "tracking_uri" in fields and spec.tracking_uri is not None:
+            options.setdefault("tracking_uri", spec.tracking_uri)
+        return self.registry.create("tracker", spec.tracker, options, where="tracking.options")
+
+    def _start_tracking(self, tracker: Tracker, state: RunState) -> None:
+        tags = {
+            "strategy": self.strategy.name,
+            "task": _task_tag(self.strategy),
+            "teacher": self.strategy.model.teacher,
+        }
+        previous = state.data.get("run_id")
+        if previous:
+            tags["resumed_run"] = str(previous)
+        run_id = tracker.start_run(
+            self.strategy.name, experiment=self.strategy.tracking.experiment, tags=tags
+        )
+        if run_id is not None:
+            state.set("run_id", run_id)
+        stages.log_params(tracker, self.strategy)
+        tracker.log_artifact(self.run_dir / "strategy.toml")
+
+    def _log_final(self, tracker: Tracker, summary: Mapping[str, Any]) -> None:
+        tracker.log_metrics(summary.get("metrics", {}))
+        tracker.log_artifact(self.run_dir / "summary.json")
+
+    def _write_resolved_config(self) -> None:
+        from compresskit.config import dumps_toml
+
+        (self.run_dir / "strategy.toml").write_text(dumps_toml(self.strategy.to_dict()))
+
+    def _part(self, name: str) -> Any:
+        return self.strategy.to_dict().get(name)
+
+    def _parts(self, steps: int) -> dict[str, Any]:
+        data = self.strategy.to_dict()
+        return {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+
+
+def _hash(parts: Mapping[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _task_tag(strategy: Strategy) -> str:
+    inner = strategy.task.options.get("task")
+    return f"{strategy.task.name}/{inner}" if inner else strategy.task.name
