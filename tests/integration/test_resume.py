@@ -1,0 +1,112 @@
+"""Exact resume: a run interrupted at any step and resumed ends with bitwise the same weights.
+
+The interrupted runs are killed for real (SIGKILL in a subprocess) or crash with an exception in-process;
+the comparison is ``torch.equal`` on every tensor of the final state dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from compresskit import checkpoint as ckpt
+from tiny_training import build_run, compute_loss
+
+HERE = Path(__file__).parent
+
+
+def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"tensors differ after resume: {different}"
+
+
+def _run_script(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **env}
+    return subprocess.run(
+        [sys.executable, str(HERE / "tiny_training.py"), str(out)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path: Path) -> None:
+    # 40 examples / batch 4 = 10 batches per epoch, 5 optimizer steps per epoch (accumulation 2),
+    # 3 epochs = 15 steps, a checkpoint every 3 steps. Call 17 is in step 9 (epoch 1): the newest
+    # checkpoint is step 6, in the middle of epoch 1 (batch 2 of 10), with dropout RNG in play.
+    # The uninterrupted reference runs in this process, on one thread like the script.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer, model = build_run(tmp_path / "baseline")
+        reference = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+
+    interrupted = tmp_path / "interrupted"
+    killed = _run_script(interrupted, TINY_KILL_AT_CALL="17")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (interrupted / "result-rank0.json").exists()
+    latest = ckpt.find_latest(interrupted / ckpt.CHECKPOINTS_DIR)
+    assert latest is not None and latest.name == ckpt.checkpoint_name(6)
+
+    resumed = _run_script(interrupted)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = json.loads((interrupted / "result-rank0.json").read_text())
+    assert report["result"]["resumed_from_step"] == 6
+    assert report["result"]["steps"] == 15
+    _assert_bitwise_equal(model.state_dict(), torch.load(interrupted / "weights-rank0.pt", weights_only=True))
+    assert report["result"]["losses"] == reference.losses
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crashing(at_call: int) -> Any:
+    calls = 0
+
+    def compute(model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        if calls == at_call:
+            raise _Crash
+        return compute_loss(model, batch)
+
+    return compute
+
+
+@pytest.mark.parametrize(
+    ("crash_call", "resume_step", "checkpoint_every"),
+    [
+        (13, 5, 5),  # newest checkpoint closes epoch 0: resume starts epoch 1 with a fresh iterator
+        (28, 12, 4),  # mid-epoch 2 (batch 4 of 10), accumulation window restarted cleanly
+    ],
+)
+def test_crash_and_resume_in_process_is_exact(
+    tmp_path: Path, crash_call: int, resume_step: int, checkpoint_every: int
+) -> None:
+    trainer, model = build_run(tmp_path / "a", checkpoint_every=checkpoint_every)
+    reference = trainer.train()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    crashing, _ = build_run(tmp_path / "b", checkpoint_every=checkpoint_every, compute=_crashing(crash_call))
+    with pytest.raises(_Crash):
+        crashing.train()
+    trainer, model = build_run(tmp_path / "b", checkpoint_every=checkpoint_every)
+    result = trainer.train()
+
+    assert result.resumed_from_step == resume_step
+    _assert_bitwise_equal(expected, model.state_dict())
+    assert result.losses == reference.losses
+    assert result.steps == reference.steps == 15
