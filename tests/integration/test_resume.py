@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_training import build_run, compute_loss
 
 from compresskit import checkpoint as ckpt
-from tiny_training import build_run, compute_loss
 
 HERE = Path(__file__).parent
 
