@@ -173,15 +173,16 @@ class PaddingCollator:
 
     List-valued keys are padded on the tokenizer's ``padding_side``: ``input_ids`` with the pad token,
     ``labels`` with −100 (ignored by cross-entropy), everything else with 0. Scalar keys become 1-D
-    tensors; ``labels`` gets ``label_dtype`` (``torch.float`` for regression).
+    tensors; ``labels`` gets ``label_dtype`` (``torch.float`` for regression). ``padding_side``
+    overrides the tokenizer's (tasks that index logits by position pad on the right).
     """
 
-    def __init__(self, tokenizer: Any, *, label_dtype: Any = None) -> None:
+    def __init__(self, tokenizer: Any, *, label_dtype: Any = None, padding_side: str | None = None) -> None:
         import torch
 
         pad_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_values = {"input_ids": 0 if pad_id is None else int(pad_id), "labels": -100}
-        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.left = (padding_side or getattr(tokenizer, "padding_side", "right")) == "left"
         self.label_dtype = label_dtype or torch.long
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
