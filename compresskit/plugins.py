@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compresskit_plugins.losses",
     "compresskit_plugins.glue",
     "compresskit_plugins.low_rank",
+    "compresskit_plugins.tensorly_layers",
     "compresskit_plugins.mlflow_tracker",
 )
 
