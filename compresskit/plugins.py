@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compresskit.builtin",
     "compresskit_plugins.kronecker",
     "compresskit_plugins.losses",
+    "compresskit_plugins.distillers",
     "compresskit_plugins.glue",
     "compresskit_plugins.low_rank",
     "compresskit_plugins.tensorly_layers",
