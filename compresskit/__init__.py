@@ -37,9 +37,12 @@ from compresskit.measure import LatencyResult, measure_model, size_on_disk_mb
 from compresskit.plugins import get_plugin_manager
 from compresskit.presets import Preset
 from compresskit.registry import Registry
+from compresskit.report import CompressionPlan, CompressionReport
+from compresskit.saving import load, merge, save
 from compresskit.tasks import Task
 from compresskit.tracking import NullTracker, Tracker
 from compresskit.training import Trainer, TrainingConfig, TrainResult
+from compresskit.walker import decompose, plan_compression
 
 __version__ = "0.1.0"
 
@@ -50,6 +53,8 @@ __all__ = [
     "Component",
     "CompressKitError",
     "CompressedModule",
+    "CompressionPlan",
+    "CompressionReport",
     "ConfigError",
     "Cost",
     "DataError",
@@ -74,6 +79,7 @@ __all__ = [
     "UnknownNameError",
     "__version__",
     "class_names",
+    "decompose",
     "dense_bias",
     "dense_cost",
     "dense_linear_flops",
@@ -83,6 +89,10 @@ __all__ = [
     "hookspec",
     "is_conv1d",
     "linear_shape",
+    "load",
     "measure_model",
+    "merge",
+    "plan_compression",
+    "save",
     "size_on_disk_mb",
 ]
