@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from compresskit.commands import Command
+from compresskit.commands.compress import CompressCommand
 from compresskit.commands.demo import DemoCommand
+from compresskit.commands.inspect import InspectCommand
 from compresskit.commands.plugins import PluginsCommand
 from compresskit.commands.run import RunCommand
 from compresskit.hookspecs import hookimpl
@@ -12,7 +14,7 @@ from compresskit.tracking import NullTracker, Tracker
 
 @hookimpl
 def compresskit_register_commands() -> list[type[Command]]:
-    return [PluginsCommand, RunCommand, DemoCommand]
+    return [PluginsCommand, RunCommand, DemoCommand, InspectCommand, CompressCommand]
 
 
 @hookimpl

@@ -27,6 +27,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -287,3 +288,35 @@ def no_match_error(
         f"the model. Closest {listing}: {shown}. A string is a full regex; a list holds exact names "
         "or dotted suffixes. Run `compresskit inspect --model PATH` to list the modules."
     )
+
+
+def read_step_file(path: str | Path) -> dict[str, Any]:
+    """A decompose step from a TOML file: one ``[[steps]]`` decompose step, or top-level ``groups``.
+
+    Top-level form: ``preset = "..."``, ``decomposition = "..."`` and ``[[groups]]``; other top-level
+    tables of a full config file (``[model]``, ``[training]``, ...) are ignored here.
+    """
+    import tomllib
+
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"strategy file {str(file)!r} does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}.") from None
+    steps = [s for s in data.get("steps", []) if isinstance(s, Mapping) and s.get("kind") == "decompose"]
+    if len(steps) > 1:
+        raise ConfigError(
+            f"{file}: has {len(steps)} decompose steps; `inspect` / `compress` apply one. Use "
+            "`compresskit run` for multi-step strategies, or keep one [[steps]] decompose step."
+        )
+    if steps:
+        return dict(steps[0])
+    step: dict[str, Any] = {key: data[key] for key in ("preset", "decomposition", "groups") if key in data}
+    if not step:
+        raise ConfigError(
+            f'{file}: found neither a [[steps]] table with kind = "decompose" nor top-level [[groups]] '
+            "or preset."
+        )
+    return step

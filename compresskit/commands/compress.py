@@ -1,0 +1,64 @@
+"""``compresskit compress``: decompose a model with a preset or strategy file, print the report, save it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from compresskit.commands import Command, CommandContext
+from compresskit.commands.inspect import add_model_and_strategy, model_class, model_path, strategy_of
+from compresskit.errors import ConfigError
+
+
+class CompressCommand(Command):
+    """Decompose, report and save (``compresskit.load`` reloads the folder)."""
+
+    name = "compress"
+    help = "decompose a model with --preset/--config, print the report and save it to --output"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_model_and_strategy(parser)
+        parser.add_argument("--output", required=True, help="folder to write the compressed model to")
+        parser.add_argument(
+            "--merge",
+            action="store_true",
+            help="save a plain dense transformers model (factors multiplied out)",
+        )
+
+    def run(self, args: argparse.Namespace, context: CommandContext) -> int:
+        import transformers
+
+        from compresskit.saving import merge, save
+        from compresskit.walker import decompose
+
+        strategy = strategy_of(args)
+        if strategy is None:
+            raise ConfigError("compress needs a strategy: pass --preset NAME or --config FILE.toml.")
+        path = model_path(args.model)
+        config = transformers.AutoConfig.from_pretrained(str(path))
+        model: Any = model_class(config).from_pretrained(str(path))
+        model.eval()
+        report = decompose(model, strategy, registry=context.registry)
+        output = Path(args.output)
+        if args.merge:
+            merge(model).save_pretrained(str(output))
+        else:
+            save(model, output)
+        _copy_tokenizer(path, output)
+        (output / "compression_report.json").write_text(report.to_json(), encoding="utf-8")
+        print(report.to_json() if args.json else report.format())
+        if not args.json:
+            print(f"\nsaved to {output} (load with compresskit.load({str(output)!r}))")
+        return 0
+
+
+def _copy_tokenizer(source: Path, output: Path) -> None:
+    """Save the model's tokenizer beside it when the source folder has one."""
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError, KeyError):
+        return
+    tokenizer.save_pretrained(str(output))
