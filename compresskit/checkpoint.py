@@ -239,8 +239,9 @@ def _load_torch(path: Path) -> dict[str, Any] | None:
         loaded: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         return loaded
     except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
-            f"cannot read {path}: {exc}. The checkpoint is damaged; delete its folder {path.parent} "
+            f"cannot read {path} ({reason}). The checkpoint is damaged; delete its folder {path.parent} "
             "to resume from the previous one, or start fresh in another output_dir."
         ) from exc
 
