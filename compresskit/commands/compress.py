@@ -42,7 +42,8 @@ class CompressCommand(Command):
         report = decompose(model, strategy, registry=context.registry)
         output = Path(args.output)
         if args.merge:
-            merge(model).save_pretrained(str(output))
+            merged: Any = merge(model)
+            merged.save_pretrained(str(output))
         else:
             save(model, output)
         _copy_tokenizer(path, output)
