@@ -145,6 +145,9 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
             registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
+            for name, data in step.data.items():
+                if data.task is not None:
+                    registry.create("task", data.task, data.options, where=f"{where}.data.{name}.options")
         elif isinstance(step, DecomposeStep):
             _validate_decompose(step, registry, where)
 

@@ -133,14 +133,17 @@ def distill_step(
     ctx: RunContext, index: int, step: DistillStep, student: torch.nn.Module, teacher_dir: str, out: Path
 ) -> dict[str, Any]:
     """Train the student against the pre-trained and fine-tuned teachers with the step's distiller."""
-    distiller = ctx.registry.create(
-        "distiller", step.distiller, step.options, where=f"steps[{index}].options"
-    )
+    where = f"steps[{index}].options"
+    options = with_run_training_defaults(ctx, step)
+    distiller = ctx.registry.create("distiller", step.distiller, options, where=where)
     teachers = {
         "pretrained": load_task_model(ctx.pretrained_path, ctx.task),
         "finetuned": load_task_model(teacher_dir, ctx.task, where="model.finetuned_teacher"),
     }
-    data = {"task": ctx.task, "tokenizer": ctx.tokenizer, "seed": ctx.strategy.seed, "registry": ctx.registry}
+    data = {
+        name: distill_loader(ctx, step, name, batch_size, f"steps[{index}].data.{name}")
+        for name, batch_size in data_batch_sizes(distiller).items()
+    }
     result = distiller.distill(
         student,
         teachers,
@@ -148,9 +151,62 @@ def distill_step(
         output_dir=out / "work",
         evaluate=lambda model: evaluate_model(ctx, model),
         tracker=ctx.tracker,
+        registry=ctx.registry,
     )
     save_student(student, out / MODEL_DIR)
     return {"path": str(out / MODEL_DIR), "distiller": step.distiller, "result": _jsonable(result)}
+
+
+def with_run_training_defaults(ctx: RunContext, step: DistillStep) -> dict[str, Any]:
+    """Give every ``training`` table of a distiller's options the run's seed, progress and device.
+
+    Values the config sets win. Fills ``options.training`` when the distiller's Options has that field
+    (single-stage distillers) and ``options.<stage>.training`` for each ``stage*`` field (two-stage KD).
+    """
+    defaults: dict[str, Any] = {"seed": ctx.strategy.seed, "progress": ctx.progress}
+    if ctx.device == "cpu":
+        defaults["cpu"] = True
+    cls = ctx.registry.get("distiller", step.distiller)
+    fields = set(getattr(getattr(cls, "Options", None), "__dataclass_fields__", {}))
+    result = dict(step.options)
+    if "training" in fields:
+        result["training"] = {**defaults, **dict(result.get("training") or {})}
+    for key in sorted(f for f in fields if f.startswith("stage")):
+        table = dict(result.get(key) or {})
+        result[key] = {**table, "training": {**defaults, **dict(table.get("training") or {})}}
+    return result
+
+
+def data_batch_sizes(distiller: Any) -> dict[str, int]:
+    """Data name → batch size for each stage the distiller will run (``stages()`` or its own options)."""
+    stages = distiller.stages().values() if hasattr(distiller, "stages") else [distiller.options]
+    sizes: dict[str, int] = {}
+    for stage in stages:
+        name = getattr(stage, "data", "train")
+        sizes[name] = int(dict(getattr(stage, "training", {}) or {}).get("batch_size", 32))
+    return sizes
+
+
+def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: int, where: str) -> Any:
+    """The loader of data ``name``: its ``[steps.data.<name>]`` table, else the run task's train split."""
+    spec = step.data.get(name)
+    if spec is None:
+        from compresskit.strategy import DataSpec
+
+        finetune = ctx.strategy.finetune
+        spec = DataSpec(max_length=finetune.max_length, limit=finetune.train_limit)
+    task = ctx.task
+    if spec.task is not None:
+        task = ctx.registry.create("task", spec.task, spec.options, where=f"{where}.options")
+    return task.dataloader(
+        spec.split,
+        ctx.tokenizer,
+        batch_size=batch_size,
+        shuffle=spec.shuffle,
+        seed=ctx.strategy.seed,
+        max_length=spec.max_length,
+        limit=spec.limit,
+    )
 
 
 # --------------------------------------------------------------------------- saving and loading

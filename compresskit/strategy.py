@@ -83,13 +83,35 @@ class DecomposeStep:
 
 
 @dataclass(frozen=True)
+class DataSpec:
+    """``[steps.data.<name>]``: the loader a distiller stage reads (``data = "<name>"`` in its options).
+
+    ``task`` defaults to the run's task (with its options); e.g. ``task = "text"`` gives general text
+    for stage 1 of two-stage KD. Batch size comes from the stage's ``training.batch_size``.
+    """
+
+    task: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    split: str = "train"
+    max_length: int | None = None
+    limit: int | None = None
+    shuffle: bool = True
+
+
+@dataclass(frozen=True)
 class DistillStep:
-    """``[[steps]] kind = "distill"``: train the student against the teacher(s) with a distiller."""
+    """``[[steps]] kind = "distill"``: train the student against the teacher(s) with a distiller.
+
+    ``data`` maps the data names the distiller's stages read (two-stage KD: ``stage1``, ``stage2``;
+    single-stage distillers: ``train``) to :class:`DataSpec` tables; a name left out reads the run's
+    task train split with ``[finetune]``'s ``max_length`` and ``train_limit``.
+    """
 
     kind: Literal["distill"] = "distill"
     name: str | None = None
     distiller: str = "two_stage_kd"
     options: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, DataSpec] = field(default_factory=dict)
 
 
 Step = DecomposeStep | DistillStep
@@ -224,7 +246,10 @@ def _steps(value: Any, where: str) -> tuple[Step, ...]:
                 f"{path}.kind: expected one of {', '.join(repr(k) for k in STEP_KINDS)}, found {kind!r}."
                 f"{did_you_mean(str(kind), STEP_KINDS)}"
             )
-        steps.append(_section(STEP_KINDS[kind], _step_values(raw, path), path))
+        values = _step_values(raw, path)
+        if kind == "distill" and "data" in values:
+            values["data"] = _data_specs(values["data"], f"{path}.data")
+        steps.append(_section(STEP_KINDS[kind], values, path))
     return tuple(steps)
 
 
@@ -236,6 +261,15 @@ def _step_values(raw: Mapping[str, Any], path: str) -> dict[str, Any]:
             raise ConfigError(f"{path}.groups: expected an array of tables ([[steps.groups]]).")
         values["groups"] = tuple(dict(g) for g in groups)
     return values
+
+
+def _data_specs(value: Any, where: str) -> dict[str, DataSpec]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table of named data tables, found {type(value).__name__}.")
+    return {
+        str(name): spec if isinstance(spec, DataSpec) else _section(DataSpec, spec, f"{where}.{name}")
+        for name, spec in value.items()
+    }
 
 
 def _join(where: str, key: str) -> str:

@@ -1,0 +1,169 @@
+"""The end-to-end pipeline on a tiny BERT: finetune → decompose → distil → evaluate → save → measure → track,
+and resume after an interruption at a stage boundary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from compresskit.errors import CheckpointError, ConfigError
+from compresskit.pipeline import Pipeline
+from compresskit.strategy import Strategy
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny pre-trained-style BERT (hidden 32, FFN 37, 2 layers, vocab 99) with a matching tokenizer."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    words: Counter[str] = Counter()
+    for line in (data_dir / "glue-sample" / "SST-2" / "train.tsv").read_text().splitlines()[1:]:
+        words.update(line.split("\t")[0].lower().split())
+    vocab = SPECIALS + [w for w, _ in words.most_common(99 - len(SPECIALS))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_strategy(teacher: Path, data_dir: Path, **extra: object) -> Strategy:
+    glue = {"task": "sst2", "data_dir": str(data_dir / "glue-sample")}
+    training = {"batch_size": 16, "num_epochs": 1.0, "learning_rate": 1e-3, "log_every": 1}
+    return Strategy.from_dict(
+        {
+            "name": "tiny",
+            "device": "cpu",
+            "model": {"teacher": str(teacher)},
+            "task": {"name": "glue", "options": glue},
+            "finetune": {"max_length": 32, "training": training},
+            "steps": [
+                {
+                    "kind": "decompose",
+                    "groups": [
+                        {
+                            "name": "ffn",
+                            "types": ["Linear"],
+                            "names": ["intermediate.dense", "output.dense"],
+                            "exclude": "re:.*attention.*" if False else [],
+                            "decomposition": "low_rank",
+                            "options": {"rank": 4},
+                        },
+                    ],
+                },
+                {"kind": "distill", "distiller": "logits_kd", "options": {"training": training}},
+            ],
+            "evaluation": {"batch_size": 32},
+            "measure": {"seq_len": 16, "repeats": 2, "warmup": 1},
+            "tracking": {"tracker": "mlflow", "experiment": "tiny"},
+            **extra,
+        }
+    )
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_full_run_then_resume_skips_completed_stages(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    strategy = tiny_strategy(tiny_teacher, data_dir)
+    run_dir = tmp_path / "run"
+
+    def stop_after_decompose(key: str) -> None:
+        if key == "steps[0]:decompose":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=stop_after_decompose).run()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["order"] == ["teacher", "steps[0]:decompose"]
+    first_marks = {k: v["finished_at"] for k, v in state["stages"].items()}
+    decomposed_weights = (
+        (run_dir / "steps" / "00-decompose" / "model" / "model.safetensors").stat().st_mtime_ns
+    )
+
+    seen: list[str] = []
+    result = Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=seen.append).run()
+    assert seen == ["steps[1]:distill", "evaluate", "save", "measure"]
+    state = json.loads((run_dir / "state.json").read_text())
+    for key, mark in first_marks.items():
+        assert state["stages"][key]["finished_at"] == mark
+    assert (
+        run_dir / "steps" / "00-decompose" / "model" / "model.safetensors"
+    ).stat().st_mtime_ns == decomposed_weights
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == result.summary
+    assert 0.0 <= summary["student"]["metrics"]["accuracy"] <= 1.0
+    assert summary["student"]["params"] < summary["teacher"]["params"]
+    assert summary["student"]["compression_factor"] > 1.0
+    assert summary["student"]["flops"] < summary["teacher"]["flops"]
+    assert summary["student"]["size_mb"] < summary["teacher"]["size_mb"]
+    assert "mlflow ui --backend-store-uri" in result.table
+
+    from compresskit.saving import load
+
+    reloaded = load(result.model_dir)
+    assert sum(p.numel() for p in reloaded.parameters()) == summary["student"]["params"]
+
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.metrics["student/accuracy"] == pytest.approx(summary["student"]["metrics"]["accuracy"])
+    assert run.data.params["steps.0.groups.0.decomposition"] == "low_rank"
+    assert run.info.status == "FINISHED"
+
+    again: list[str] = []
+    Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=again.append).run()
+    assert again == []  # everything was complete: nothing recomputed
+
+
+def test_changed_strategy_in_same_run_dir_is_refused(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+
+    def stop(key: str) -> None:
+        raise Interrupt
+
+    strategy = tiny_strategy(tiny_teacher, data_dir)
+    with pytest.raises(Interrupt):
+        Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=stop).run()
+    changed = tiny_strategy(tiny_teacher, data_dir, seed=3)
+    with pytest.raises(CheckpointError, match=r"different strategy.*--restart"):
+        Pipeline(changed, output_dir=run_dir, progress=False).run()
+
+
+def test_bad_input_fails_before_training(tiny_teacher: Path, data_dir: Path, tmp_path: Path) -> None:
+    strategy = tiny_strategy(tiny_teacher, data_dir)
+    data = strategy.to_dict()
+    data["model"]["teacher"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"model\.teacher: .*does not exist"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "a").run()
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    data["model"]["teacher"] = str(not_a_model)
+    with pytest.raises(ConfigError, match="not a Hugging Face Transformer"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "b").run()
+    data = strategy.to_dict()
+    data["steps"][0]["groups"][0]["names"] = ["intermediat.dense"]
+    with pytest.raises(Exception, match="intermediat"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "c").run()
+    assert not (tmp_path / "c" / "state.json").exists()
