@@ -35,6 +35,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "compresskit_plugins.losses",
     "compresskit_plugins.distillers",
     "compresskit_plugins.glue",
+    "compresskit_plugins.squad",
+    "compresskit_plugins.text_corpus",
     "compresskit_plugins.low_rank",
     "compresskit_plugins.tensorly_layers",
     "compresskit_plugins.mlflow_tracker",

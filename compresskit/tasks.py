@@ -203,3 +203,23 @@ class PaddingCollator:
         if self.left:
             return [[value] * (width - len(row)) + list(row) for row in rows]
         return [list(row) + [value] * (width - len(row)) for row in rows]
+
+
+def list_dataloader(
+    items: Sequence[Any], collate_fn: Callable[[Any], Any], *, batch_size: int, shuffle: bool = False,
+    seed: int = 42,
+) -> DataLoader[Any]:  # fmt: skip
+    """A DataLoader over an in-memory list; shuffling uses a generator seeded with ``seed``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        items,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=collate_fn,
+    )

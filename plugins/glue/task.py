@@ -11,7 +11,7 @@ import numpy as np
 from compresskit import ConfigError, Task
 from compresskit.defaults import shared_data_dir
 from compresskit.errors import did_you_mean
-from compresskit.tasks import PaddingCollator, check_limit, collect_outputs
+from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
 
 from . import reader
 from .specs import GLUE_TASKS, GlueSpec, score
@@ -116,18 +116,12 @@ class GlueTask(Task):
         limit: int | None = None,
     ) -> Any:
         import torch
-        from torch.utils.data import DataLoader
 
         features = self.tokenize(split, tokenizer, max_length=max_length, limit=limit)
-        label_dtype = torch.float if self.spec.is_regression else torch.long
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(
-            features,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=PaddingCollator(tokenizer, label_dtype=label_dtype),
+        collate = PaddingCollator(
+            tokenizer, label_dtype=torch.float if self.spec.is_regression else torch.long
         )
+        return list_dataloader(features, collate, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
     def evaluate(
         self,

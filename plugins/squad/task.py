@@ -13,7 +13,7 @@ import numpy as np
 from compresskit import DataError, Task
 from compresskit.defaults import shared_data_dir
 from compresskit.metrics import squad_metrics
-from compresskit.tasks import PaddingCollator, check_limit, collect_outputs
+from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
 
 from . import data
 from .features import build_features
@@ -220,15 +220,5 @@ def _start_end(outputs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _loader(features: list[dict[str, Any]], tokenizer: Any, *, batch_size: int, shuffle: bool = False,
             seed: int = 42) -> Any:  # fmt: skip
-    import torch
-    from torch.utils.data import DataLoader
-
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
     collate = PaddingCollator(tokenizer, padding_side="right")
-    return DataLoader(
-        features,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=collate,
-    )
+    return list_dataloader(features, collate, batch_size=batch_size, shuffle=shuffle, seed=seed)
