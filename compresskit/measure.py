@@ -14,7 +14,9 @@ Conventions, shared with the MLflow tracker, ``compresskit compare`` and the ben
 - throughput: sequences per second at the median latency, ``batch_size / median``;
 - peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed forwards; on CPU the growth
   of the process's peak resident set (``ru_maxrss``) during them, which is 0 when the process had
-  already peaked higher before (measure in a fresh process for a clean number).
+  already peaked higher before. ``process_peak_mb`` is the whole process's peak resident set (CPU) or
+  ``torch.cuda.max_memory_reserved`` (CUDA): measure in a fresh process that only loads the model
+  (as ``benchmarks/measure_latency.py`` does) for a clean number.
 
 Metric names below (:data:`METRIC_PARAMS`, ...) are the keys runs log, so that ``compare`` reads what
 the pipeline and the benchmarks write. Task metrics are logged as ``student/<metric>`` and the
@@ -54,6 +56,7 @@ METRIC_LATENCY_MS = "latency_ms"
 METRIC_LATENCY_P90_MS = "latency_p90_ms"
 METRIC_THROUGHPUT = "throughput_per_s"
 METRIC_PEAK_MEMORY_MB = "peak_memory_mb"
+METRIC_PROCESS_PEAK_MB = "process_peak_mb"
 
 Inputs = Mapping[str, torch.Tensor]
 
@@ -73,6 +76,7 @@ class LatencyResult:
     threads: int
     device: str
     peak_memory_mb: float
+    process_peak_mb: float = 0.0
 
     @property
     def throughput_per_s(self) -> float:
@@ -155,6 +159,7 @@ def measure_latency(
             used_threads = torch.get_num_threads()
     finally:
         model.train(was_training)
+    process_peak = torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else _max_rss_mb()
     rows, cols = _batch_shape(batch, batch_size, seq_len)
     return LatencyResult(
         median_ms=statistics.median(times),
@@ -168,6 +173,7 @@ def measure_latency(
         threads=used_threads,
         device=str(device),
         peak_memory_mb=peak_mb,
+        process_peak_mb=process_peak,
     )
 
 
@@ -226,6 +232,7 @@ def measurement_metrics(measurement: Mapping[str, Any]) -> dict[str, float]:
         METRIC_LATENCY_P90_MS: latency.get("p90_ms"),
         METRIC_THROUGHPUT: latency.get("throughput_per_s"),
         METRIC_PEAK_MEMORY_MB: latency.get("peak_memory_mb"),
+        METRIC_PROCESS_PEAK_MB: latency.get("process_peak_mb"),
     }
     return {key: float(value) for key, value in values.items() if isinstance(value, int | float)}
 

@@ -110,6 +110,7 @@ def test_measure_model_bigger_model_is_bigger(tmp_path: Path) -> None:
     assert small_r["compression_factor"] > 1.0
     latency = small_r["latency"]
     assert latency["repeats"] == 3 and latency["median_ms"] > 0 and latency["p90_ms"] >= latency["min_ms"]
+    assert latency["process_peak_mb"] > 0 and latency["process_peak_mb"] >= latency["peak_memory_mb"]
     assert small_r["flops_source"] == "dense linear layers"
     assert LatencyResult(**{k: v for k, v in latency.items() if k != "throughput_per_s"}).repeats == 3
 
