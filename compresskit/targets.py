@@ -274,18 +274,25 @@ def matches_types(module: nn.Module, types: Sequence[str]) -> bool:
 
 
 def no_match_error(
-    group: Group, what: str, patterns: Sequence[str], all_names: Sequence[str], listing: str = "module names"
+    group: Group, what: str, patterns: Sequence[str], candidates: Sequence[str], listing: str = ""
 ) -> Exception:
-    """:class:`NoMatchingModulesError` listing the patterns and the closest module names."""
-    close: list[str] = []
-    for pattern in patterns:
-        close += difflib.get_close_matches(pattern, all_names, n=3, cutoff=0.3)
-        suffixes = sorted({n.rsplit(".", 1)[-1] for n in all_names})
-        close += difflib.get_close_matches(pattern, suffixes, n=3, cutoff=0.5)
-    shown = ", ".join(dict.fromkeys(close)) or ", ".join(all_names[:8])
+    """:class:`NoMatchingModulesError` listing the patterns and the closest module names.
+
+    With ``listing`` (e.g. ``"module types present"``) every candidate is shown instead of the closest.
+    """
+    if listing:
+        shown = ", ".join(candidates)
+    else:
+        close: list[str] = []
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in candidates})
+        for pattern in patterns:
+            close += difflib.get_close_matches(pattern, candidates, n=3, cutoff=0.3)
+            close += difflib.get_close_matches(pattern, suffixes, n=3, cutoff=0.5)
+        shown = ", ".join(dict.fromkeys(close)) or ", ".join(candidates[:8])
+        listing = "closest module names"
     return NoMatchingModulesError(
         f"{group.where or group.name}: {what} {', '.join(repr(p) for p in patterns)} matched no module of "
-        f"the model. Closest {listing}: {shown}. A string is a full regex; a list holds exact names "
+        f"the model. {listing.capitalize()}: {shown}. A string is a full regex; a list holds exact names "
         "or dotted suffixes. Run `compresskit inspect --model PATH` to list the modules."
     )
 

@@ -151,7 +151,7 @@ class _Planner:
             if matches_types(e.module, types) and (group.names.empty or group.names.matches(e.names))
         ]
         if not selected:
-            present = sorted({type(e.module).__name__ for e in self.entries})
+            present = sorted({type(e.module).__name__ for e in self.entries if _own_params(e.module)})
             what = f"names {group.names.describe()} with types"
             raise no_match_error(group, what, list(types), present, "module types present")
         for index, override in enumerate(group.overrides):
@@ -363,6 +363,10 @@ def relative_error(old: nn.Module, new: nn.Module) -> float | None:
         reference = dense_weight(old).double()
         approx = new.dense_weight().double()  # type: ignore[operator]
         return float(torch.linalg.norm(reference - approx) / torch.linalg.norm(reference).clamp_min(1e-30))
+
+
+def _own_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
