@@ -92,12 +92,24 @@ def make_accelerator(trainer: Trainer) -> Accelerator:
     # tests) in one process each need their own, so drop it (the distributed PartialState is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
-        cpu=config.cpu,
+        cpu=config.cpu or not _accelerator_device_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         step_scheduler_with_optimizer=False,
     )
+
+
+def _accelerator_device_available() -> bool:
+    """Whether torch sees a GPU-like device (CUDA, XPU, MPS, ...).
+
+    Without one the run is put on the CPU explicitly, which is also what makes accelerate use its
+    multi-CPU (gloo) backend when the script was started by ``accelerate launch --multi_gpu``/``torchrun``.
+    """
+    probe = getattr(torch, "accelerator", None)
+    if probe is not None and hasattr(probe, "is_available"):
+        return bool(probe.is_available())
+    return torch.cuda.is_available()
 
 
 def model_signature(model: torch.nn.Module) -> str:
