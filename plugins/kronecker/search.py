@@ -3,10 +3,11 @@
 KroneckerBERT chose its shapes by hand from the divisors of m and n "to obtain the desired compression
 factor and FLOPS reduction according to Eq. 7" (§3.6). :func:`search_shapes` automates that:
 
-1. Candidates per matrix: every A = (m1, n1) with 1 < m1 < m, m1 | m and 1 < n1 < n, n1 | n (both
-   factors non-trivial), and R = 1..``max_terms`` terms, keeping those smaller than the dense matrix.
-   An embedding (v×d) gets B = (1, n) for every divisor n > 1 of d. A matrix with a prime (or 1)
-   dimension has no candidate and stays dense, with the reason in its :class:`Choice`.
+1. Candidates per matrix: every A = (m1, n1) with m1 | m and n1 | n except where A or B is 1×1, and
+   R = 1..``max_terms`` terms, keeping those smaller than the dense matrix. A matrix with a prime (or 1)
+   dimension cannot be factored (that dimension cannot be split between A and B): it has no candidate
+   and stays dense, with the reason in its :class:`Choice`. An embedding (v×d) gets B = (1, n) for every
+   divisor n > 1 of d (only d is split, so the vocabulary size may be prime).
 2. The budget left after the untouched parameters (or FLOPs) is spread over the matrices at one common
    ratio; each matrix takes, among the candidates within ``band`` below its share, the one with the
    lowest ``objective``: Eq. 7 FLOPs (``"flops"``) or the nearest-Kronecker reconstruction error
@@ -123,11 +124,13 @@ def factoring_reason(m: int, n: int) -> str | None:
 
 @lru_cache(maxsize=256)
 def linear_candidates(m: int, n: int, terms: int = 4, tokens: int = 128) -> tuple[Candidate, ...]:
-    """Every non-trivial factorisation of an m×n matrix with 1..``terms`` terms, sorted by params."""
+    """Every factorisation of an m×n matrix (no 1×1 factor), 1..``terms`` terms, sorted by params."""
     found = []
-    for m1 in divisors(m)[1:-1]:
-        for n1 in divisors(n)[1:-1]:
+    for m1 in divisors(m):
+        for n1 in divisors(n):
             a, b = (m1, n1), (m // m1, n // n1)
+            if a == (1, 1) or b == (1, 1):
+                continue
             for r in range(1, min(terms, max_terms(a, b)) + 1):
                 params = kronecker_params(a, b, r)
                 if params < m * n:
