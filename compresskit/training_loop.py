@@ -378,13 +378,12 @@ class TrainingRun:
         p = self.progress
         p.step += 1
         lr = float(self.scheduler.get_last_lr()[0])
+        if p.window_batches:  # running means of this logging window (this process)
+            running = {k: f"{v / p.window_batches:.4g}" for k, v in p.window.items()}
+            self.bar.set_postfix(running | {"lr": f"{lr:.3g}"}, refresh=False)
+        self.bar.update(1)
         if p.step % self.config.log_every == 0:
             self._log_window(lr)
-        self.bar.update(1)
-        if p.window_batches:
-            self.bar.set_postfix(
-                {k: f"{v / p.window_batches:.4g}" for k, v in p.window.items()}, refresh=False
-            )
         saved = False
         if self.config.eval_every and p.step % self.config.eval_every == 0:
             saved = self._evaluate_and_maybe_save()

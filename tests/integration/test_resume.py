@@ -110,3 +110,51 @@ def test_crash_and_resume_in_process_is_exact(
     _assert_bitwise_equal(expected, model.state_dict())
     assert result.losses == reference.losses
     assert result.steps == reference.steps == 15
+
+
+def _tiny_bert_run(output_dir: Path, compute: Any) -> tuple[Any, Any]:
+    from transformers import BertConfig, BertForMaskedLM
+
+    from compresskit import Trainer, TrainingConfig
+
+    config = BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    model = BertForMaskedLM(config)  # decoder weight tied to the word embeddings
+    generator = torch.Generator().manual_seed(11)
+    ids = torch.randint(1, 99, (24, 12), generator=generator)
+    rows = [{"input_ids": row, "labels": row} for row in ids]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4, shuffle=True)
+    settings = TrainingConfig(
+        learning_rate=1e-3, num_epochs=2, checkpoint_every=2, log_every=1, progress=False
+    )
+    return Trainer(model, settings, loader, compute, output_dir=output_dir), model
+
+
+def test_tiny_bert_with_tied_weights_resumes_exactly(tmp_path: Path) -> None:
+    mlm = lambda model, batch: {"loss": model(**batch).loss}  # noqa: E731
+    trainer, model = _tiny_bert_run(tmp_path / "a", mlm)
+    trainer.train()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    calls = 0
+
+    def crash_at_8(model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise _Crash
+        return mlm(model, batch)
+
+    with pytest.raises(_Crash):
+        _tiny_bert_run(tmp_path / "b", crash_at_8)[0].train()
+    trainer, model = _tiny_bert_run(tmp_path / "b", mlm)
+    assert trainer.train().resumed_from_step == 6
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    _assert_bitwise_equal(expected, model.state_dict())

@@ -372,3 +372,13 @@ def test_epochs_may_be_fractional(tmp_path: Path) -> None:
     # 8 batches per epoch; 1.5 epochs = 12 steps, ending in the middle of epoch 1
     result = _trainer(tmp_path, config=_config(num_epochs=1.5, log_every=100)).train()
     assert result.steps == 12 and math.isclose(result.epochs_completed, 1.5)
+
+
+def test_progress_bar_shows_the_running_loss_terms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _trainer(tmp_path / "on", config=_config(max_steps=3, progress=True), stage="kd").train()
+    shown = capsys.readouterr().err
+    assert "kd" in shown and "3/3" in shown and "loss=" in shown and "ce=" in shown
+    _trainer(tmp_path / "off", config=_config(max_steps=3, progress=False), stage="kd").train()
+    assert "3/3" not in capsys.readouterr().err
