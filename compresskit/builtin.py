@@ -5,6 +5,7 @@ from __future__ import annotations
 from compresskit.commands import Command
 from compresskit.commands.compress import CompressCommand
 from compresskit.commands.demo import DemoCommand
+from compresskit.commands.distill import DistillCommand
 from compresskit.commands.inspect import InspectCommand
 from compresskit.commands.plugins import PluginsCommand
 from compresskit.commands.run import RunCommand
@@ -14,7 +15,7 @@ from compresskit.tracking import NullTracker, Tracker
 
 @hookimpl
 def compresskit_register_commands() -> list[type[Command]]:
-    return [PluginsCommand, RunCommand, DemoCommand, InspectCommand, CompressCommand]
+    return [PluginsCommand, RunCommand, DemoCommand, InspectCommand, CompressCommand, DistillCommand]
 
 
 @hookimpl

@@ -1,0 +1,109 @@
+"""``compresskit distill``: distil an already-decomposed student (saved with ``compresskit.save``).
+
+Example::
+
+    compresskit distill --student runs/kb21 --teacher runs/teacher-sst2 --pretrained default \\
+        --task glue --task-option task=sst2 --distiller two_stage_kd \\
+        --options '{"stage1": {"training": {"num_epochs": 1}}}' --output runs/kb21-distilled
+
+The teachers are Hugging Face folders (``--teacher``: fine-tuned on the task, ``--pretrained``: the
+pre-trained model for stage 1, ``default`` = MiniLM-L6). Data: ``stage2`` / ``train`` come from the task's
+train split, ``stage1`` from the ``text`` task (``--text-option`` pairs). The distilled student is saved
+with ``compresskit.save`` in ``--output/model``; training state lives in ``--output/work`` so that
+rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from compresskit.commands import Command, CommandContext
+from compresskit.errors import ConfigError
+
+
+def _options(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--options: not valid JSON ({exc}); pass a JSON object or @file.json.") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--options: expected a JSON object, e.g. '{\"skip_stage1\": true}'.")
+    return value
+
+
+class DistillCommand(Command):
+    """Distil a decomposed student against a fine-tuned (and a pre-trained) teacher."""
+
+    name = "distill"
+    help = "knowledge-distil a decomposed student (compresskit.save folder) against teacher models"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from compresskit.commands.finetune import add_task_arguments
+
+        parser.add_argument("--student", required=True, help="folder written by compresskit.save")
+        parser.add_argument("--teacher", required=True, help="fine-tuned teacher folder")
+        parser.add_argument("--pretrained", default="default", help="stage-1 teacher (default: MiniLM-L6)")
+        parser.add_argument("--distiller", default="two_stage_kd", help="registered distiller name")
+        parser.add_argument("--options", help="distiller options as JSON, or @file.json")
+        add_task_arguments(parser)
+        parser.add_argument(
+            "--text-option",
+            dest="text_options",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="option of the stage-1 'text' task, repeatable",
+        )
+        parser.add_argument("--batch-size", type=int, default=32, help="batch size of every loader")
+        parser.add_argument("--max-length", type=int, help="maximum tokens per example")
+        parser.add_argument("--output", required=True, help="folder for the distilled student")
+
+    def run(self, args: argparse.Namespace, context: CommandContext) -> int:
+        result = distill_saved(args, context)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+
+
+def distill_saved(args: argparse.Namespace, context: CommandContext) -> dict[str, Any]:
+    """Load the models, build the loaders the distiller's stages name, distil, save the student."""
+    from compresskit.commands.finetune import create_task
+    from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
+    from compresskit.saving import load, save
+
+    registry = context.registry
+    distiller = registry.create("distiller", args.distiller, _options(args.options), where="--options")
+    task = create_task(registry, args.task, args.task_options)
+    student = load(args.student, registry=registry)
+    teacher_path = resolve_model_path(args.teacher, where="--teacher")
+    tokenizer = load_tokenizer(teacher_path, where="--teacher")
+    teachers = {"finetuned": load_task_model(teacher_path, task, where="--teacher")}
+    stages = distiller.stages().values() if hasattr(distiller, "stages") else [distiller.options]
+    data: dict[str, Any] = {}
+    for stage in stages:
+        source = task if stage.data != "stage1" else create_task(registry, "text", args.text_options)
+        data[stage.data] = source.dataloader(
+            "train", tokenizer, batch_size=args.batch_size, shuffle=True, max_length=args.max_length
+        )
+        if stage.teacher == "pretrained":
+            from transformers import AutoModel
+
+            teachers["pretrained"] = AutoModel.from_pretrained(
+                str(resolve_model_path(args.pretrained, where="--pretrained"))
+            )
+
+    def evaluate(model: Any) -> dict[str, float]:
+        metrics = task.evaluate(model, tokenizer, "dev", max_length=args.max_length)
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+    output = Path(args.output)
+    result = distiller.distill(
+        student, teachers, data, output_dir=output / "work", evaluate=evaluate, registry=registry
+    )
+    save(student, output / "model")
+    return {"model": str(output / "model"), "result": result, "dev": evaluate(student)}
