@@ -18,7 +18,7 @@ from compresskit.decomposition import (
     is_conv1d,
     linear_shape,
 )
-from compresskit.distillation import Distiller, Loss
+from compresskit.distillation import DistillationOutputs, Distiller, LayerMapping, Loss, LossInputs
 from compresskit.errors import (
     CheckpointError,
     CompressKitError,
@@ -60,10 +60,13 @@ __all__ = [
     "DataError",
     "Decomposition",
     "DecompositionError",
+    "DistillationOutputs",
     "Distiller",
     "DuplicateNameError",
     "LatencyResult",
+    "LayerMapping",
     "Loss",
+    "LossInputs",
     "MissingDependencyError",
     "NoMatchingModulesError",
     "NullTracker",
