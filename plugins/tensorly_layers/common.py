@@ -11,23 +11,44 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-import tensorly as tl
 import torch
 from torch import nn
 
-from compresskit import Decomposition, DecompositionError, dense_bias, dense_weight, linear_shape
+from compresskit import (
+    Decomposition,
+    DecompositionError,
+    MissingDependencyError,
+    dense_bias,
+    dense_weight,
+    linear_shape,
+)
 
 #: Fraction of the dense weight's parameters kept when neither ``rank`` nor ``param_ratio`` is given.
 DEFAULT_PARAM_RATIO = 0.25
 
 
+def load_tensorly() -> ModuleType:
+    """Import tensorly (with ``tensorly.decomposition``) on first use: it is slow to import."""
+    try:
+        import tensorly
+        import tensorly.decomposition
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the tucker, cp and tensor_train decompositions need tensorly ({exc}); "
+            "install it with `pip install tensorly`."
+        ) from exc
+    return tensorly
+
+
 @contextlib.contextmanager
-def pytorch_backend() -> Iterator[None]:
-    """Run tensorly on its PyTorch backend inside the block only (the global backend is restored)."""
+def pytorch_backend() -> Iterator[Any]:
+    """Yield tensorly set to its PyTorch backend inside the block only (the global one is restored)."""
+    tl = load_tensorly()
     with tl.backend_context("pytorch"):
-        yield
+        yield tl
 
 
 def describe(module: nn.Module, name: str) -> str:

@@ -23,9 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import tensorly as tl
 import torch
-from tensorly.decomposition import parafac
 from torch import nn
 
 import compresskit
@@ -90,7 +88,7 @@ class CPLinear(TensorisedLinear):
     def dense_weight(self) -> torch.Tensor:
         """Σ_r of the outer products, reshaped to (m, n), via ``tensorly.cp_to_tensor``."""
         factors = [*self.out_factors, *self.in_factors]
-        with pytorch_backend():
+        with pytorch_backend() as tl:
             full = tl.cp_to_tensor((None, factors))
         return full.reshape(self.out_features, self.in_features)
 
@@ -142,10 +140,10 @@ class CP(compresskit.Decomposition):
         if initialize:
             prepare_init(module, describe(module, ""))
             tensor = tensorised_weight(module, (*new.out_shape, *new.in_shape))
-            with pytorch_backend(), warnings.catch_warnings():
+            with pytorch_backend() as tl, warnings.catch_warnings():
                 # tensorly warns when R exceeds a mode size; it then pads the SVD start randomly.
                 warnings.simplefilter("ignore", UserWarning)
-                weights, factors = parafac(
+                weights, factors = tl.decomposition.parafac(
                     tensor, new.rank, n_iter_max=self.options.iterations, init="svd", random_state=0
                 )
             factors = [factors[0] * weights, *factors[1:]]

@@ -23,9 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import tensorly as tl
 import torch
-from tensorly.decomposition import tensor_train_matrix
 from torch import nn
 
 import compresskit
@@ -82,7 +80,7 @@ class TTMatrixLinear(TensorisedLinear):
 
     def dense_weight(self) -> torch.Tensor:
         """The product of the cores as an (m, n) matrix, via ``tensorly.tt_matrix_to_tensor``."""
-        with pytorch_backend():
+        with pytorch_backend() as tl:
             full = tl.tt_matrix_to_tensor(list(self.cores))
         return full.reshape(self.out_features, self.in_features)
 
@@ -166,8 +164,8 @@ class TensorTrain(compresskit.Decomposition):
             where = describe(module, "")
             prepare_init(module, where)
             tensor = tensorised_weight(module, (*new.out_shape, *new.in_shape))
-            with pytorch_backend():
-                cores = tensor_train_matrix(tensor, list(new.ranks)).factors
+            with pytorch_backend() as tl:
+                cores = tl.decomposition.tensor_train_matrix(tensor, list(new.ranks)).factors
             with torch.no_grad():
                 for param, core in zip(new.cores, cores, strict=True):
                     if param.shape != core.shape:

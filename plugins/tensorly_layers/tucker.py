@@ -23,9 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import tensorly as tl
 import torch
-from tensorly.decomposition import tucker as tensorly_tucker
 from torch import nn
 
 import compresskit
@@ -105,7 +103,7 @@ class TuckerLinear(TensorisedLinear):
 
     def dense_weight(self) -> torch.Tensor:
         """G ×_k U_k ×_j V_j reshaped to (m, n), via ``tensorly.tucker_to_tensor``."""
-        with pytorch_backend():
+        with pytorch_backend() as tl:
             full = tl.tucker_to_tensor((self.core, [*self.out_factors, *self.in_factors]))
         return full.reshape(self.out_features, self.in_features)
 
@@ -187,8 +185,8 @@ class Tucker(compresskit.Decomposition):
             where = describe(module, "")
             prepare_init(module, where)
             tensor = tensorised_weight(module, (*new.out_shape, *new.in_shape))
-            with pytorch_backend():
-                core, factors = tensorly_tucker(
+            with pytorch_backend() as tl:
+                core, factors = tl.decomposition.tucker(
                     tensor, rank=list(new.ranks), n_iter_max=self.options.iterations, init="svd"
                 )
             with torch.no_grad():
