@@ -3,6 +3,7 @@
 The names below are the public API; everything else is an implementation detail.
 """
 
+from compresskit.api import compress, distill, evaluate
 from compresskit.commands import Command
 from compresskit.component import Component
 from compresskit.decomposition import (
@@ -34,11 +35,13 @@ from compresskit.errors import (
 )
 from compresskit.hookspecs import hookimpl, hookspec
 from compresskit.measure import LatencyResult, measure_model, size_on_disk_mb
+from compresskit.pipeline import CompressResult
 from compresskit.plugins import get_plugin_manager
 from compresskit.presets import Preset
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan, CompressionReport
 from compresskit.saving import load, merge, save
+from compresskit.strategy import Strategy
 from compresskit.tasks import Task
 from compresskit.tracking import NullTracker, Tracker
 from compresskit.training import Trainer, TrainingConfig, TrainResult
@@ -52,6 +55,7 @@ __all__ = [
     "Command",
     "Component",
     "CompressKitError",
+    "CompressResult",
     "CompressedModule",
     "CompressionPlan",
     "CompressionReport",
@@ -73,6 +77,7 @@ __all__ = [
     "PluginError",
     "Preset",
     "Registry",
+    "Strategy",
     "Task",
     "Tracker",
     "TrainResult",
@@ -82,11 +87,14 @@ __all__ = [
     "UnknownNameError",
     "__version__",
     "class_names",
+    "compress",
     "decompose",
     "dense_bias",
     "dense_cost",
     "dense_linear_flops",
     "dense_weight",
+    "distill",
+    "evaluate",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",

@@ -1,4 +1,5 @@
-"""The Python API of the main job: ``compress`` runs a whole strategy; ``evaluate`` scores a model.
+"""The Python API of the main job: ``compress`` runs a whole strategy; ``distill`` and ``evaluate`` are
+the pieces (with ``compresskit.decompose``, the walker).
 
 ``compresskit.compress(model_or_path, strategy)`` runs exactly what ``compresskit run`` runs. The
 pieces underneath are public too: ``compresskit.decompose`` (the walker), the distillers from the
@@ -51,6 +52,46 @@ def compress(
         resolved, output_dir=output_dir, tracker=tracker, restart=restart, device=device, progress=progress
     )
     return pipeline.run()
+
+
+def distill(
+    student: Any,
+    teacher: Any,
+    data: Mapping[str, Any],
+    *,
+    distiller: str = "two_stage_kd",
+    options: Mapping[str, Any] | None = None,
+    pretrained_teacher: Any = None,
+    output_dir: str | Path,
+    evaluate: Any = None,
+    tracker: Tracker | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Train ``student`` in place against ``teacher`` with a registered distiller.
+
+    ``data`` maps the data names the distiller reads (two-stage KD: ``"stage1"``, ``"stage2"``;
+    ``logits_kd``: ``"train"``) to data loaders. ``pretrained_teacher`` is stage 1's teacher in two-stage
+    KD (default: ``teacher``). Resumes from the checkpoints in ``output_dir``.
+    """
+    from compresskit.tracking import NullTracker
+
+    registry = registry or Registry.from_plugins()
+    component = registry.create("distiller", distiller, options or {}, where="distill.options")
+    teachers = {
+        "finetuned": teacher,
+        "pretrained": pretrained_teacher if pretrained_teacher is not None else teacher,
+    }
+    return dict(
+        component.distill(
+            student,
+            teachers,
+            data,
+            output_dir=Path(output_dir),
+            evaluate=evaluate,
+            tracker=tracker or NullTracker(),
+            registry=registry,
+        )
+    )
 
 
 def evaluate(
