@@ -33,6 +33,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from compresskit.errors import ConfigError
+from compresskit.tracking import Tracker
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 LossTerms = Mapping[str, "torch.Tensor | float"]
@@ -48,7 +49,9 @@ class TrainingConfig:
     fractional). One optimizer step consumes ``gradient_accumulation_steps`` batches of the loader (the
     last step of an epoch may consume fewer). ``batch_size`` is the per-process batch size used by
     whoever builds the data loader. ``eval_every`` / ``checkpoint_every`` / ``log_every`` count
-    optimizer steps. ``cpu=True`` forces the CPU even when a GPU is present.
+    optimizer steps. ``cpu=True`` forces the CPU even when a GPU is present. ``load_best_at_end``
+    loads the weights of the best checkpoint (by the trainer's ``primary_metric``) into the model when
+    training ends; otherwise the model keeps its final weights.
     """
 
     learning_rate: float = 5e-5
@@ -67,6 +70,7 @@ class TrainingConfig:
     seed: int = 42
     progress: bool = True
     cpu: bool = False
+    load_best_at_end: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "learning_rate", self.learning_rate)
@@ -202,7 +206,7 @@ class Trainer:
     evaluate: Evaluate | None = None
     primary_metric: str | None = None
     greater_is_better: bool = True
-    tracker: Any = None
+    tracker: Tracker | None = None
     stage: str = "train"
     fingerprint: Mapping[str, Any] | None = None
     frozen_modules: Iterable[torch.nn.Module] = ()

@@ -186,6 +186,7 @@ class TrainingRun:
             while self.progress.step < self.total_steps:
                 self._run_epoch()
             self._finish()
+            self._load_best_if_asked()
             return self._result(resumed_from)
         finally:
             if self.bar is not None:
@@ -235,6 +236,11 @@ class TrainingRun:
                 self.acc.scaler.load_state_dict(saved.scaler)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"cannot restore the optimizer state from {folder}: {exc}") from exc
+        if not isinstance(saved.state.get("progress"), Mapping):
+            raise CheckpointError(
+                f"{folder / ckpt.STATE_FILE} has no training progress: it was not written by a Trainer. "
+                "Use another output_dir or restart."
+            )
         self.progress = Progress.from_state(saved.state["progress"])
         if self.progress.batches_in_epoch >= self.batches_per_epoch:
             self.progress.epoch += 1
@@ -423,7 +429,7 @@ class TrainingRun:
                 raw = evaluate(model)
         finally:
             model.train()
-        metrics = {str(k): float(v) for k, v in dict(raw).items()}
+        metrics = _numeric_metrics(raw, self.trainer.stage)
         if self.acc.num_processes > 1:
             box: list[Any] = [metrics]
             broadcast_object_list(box, from_process=0)
@@ -486,6 +492,12 @@ class TrainingRun:
             "saved_at": time.time(),
         }
 
+    def _load_best_if_asked(self) -> None:
+        best = self.progress.best_checkpoint
+        if self.config.load_best_at_end and best is not None:
+            self.acc.wait_for_everyone()
+            ckpt.load_model(self.acc.unwrap_model(self.model), self.root / best)
+
     def _finish(self) -> None:
         """Final evaluation and checkpoint, unless the last step already had them."""
         p = self.progress
@@ -496,6 +508,20 @@ class TrainingRun:
             saved = self._evaluate_and_maybe_save() or saved
         if not saved:
             self._save()
+
+
+def _numeric_metrics(raw: Any, stage: str) -> dict[str, float]:
+    if not isinstance(raw, Mapping):
+        raise TrainingError(
+            f"evaluate() must return a mapping of metric names to numbers in stage {stage!r}, "
+            f"got {type(raw).__name__}."
+        )
+    try:
+        return {str(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(
+            f"evaluate() returned a metric that is not a number in stage {stage!r}: {dict(raw)!r}."
+        ) from exc
 
 
 def _scalar(name: str, value: Any) -> float:

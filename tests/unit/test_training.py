@@ -382,3 +382,19 @@ def test_progress_bar_shows_the_running_loss_terms(
     assert "kd" in shown and "3/3" in shown and "loss=" in shown and "ce=" in shown
     _trainer(tmp_path / "off", config=_config(max_steps=3, progress=False), stage="kd").train()
     assert "3/3" not in capsys.readouterr().err
+
+
+def test_load_best_at_end_puts_the_best_weights_back(tmp_path: Path) -> None:
+    seen: list[dict[str, torch.Tensor]] = []
+    model = _model()
+    config = _config(max_steps=6, eval_every=2, load_best_at_end=True)
+    evaluate = _scripted([0.2, 0.7, 0.1], seen)
+    _trainer(tmp_path, model, config=config, evaluate=evaluate, primary_metric="score").train()
+    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, seen[2][k]) for k, v in model.state_dict().items())
+
+
+def test_evaluate_must_return_numbers(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, config=_config(max_steps=1), evaluate=lambda m: {"label": "good"})
+    with pytest.raises(TrainingError, match="not a number"):
+        trainer.train()
