@@ -36,12 +36,14 @@ def test_forward_equals_the_reconstructed_dense_layer(
     assert _relative(layer(x), expected) < 1e-5
 
 
+@pytest.mark.parametrize("path", ["gemm", "broadcast"])
 @pytest.mark.parametrize("order", ["a_first", "b_first"])
-def test_both_association_orders_compute_the_same_map(order: str) -> None:
-    layer = KroneckerLinear.from_linear(_linear(12, 20), a_shape=(3, 4), num_terms=2)
-    x = torch.randn(7, 20)
+@pytest.mark.parametrize("terms", [1, 2])
+def test_both_association_orders_compute_the_same_map(order: str, path: str, terms: int) -> None:
+    layer = KroneckerLinear.from_linear(_linear(12, 20), a_shape=(3, 4), num_terms=terms)
+    x = torch.randn(2, 7, 20)
     reference = x @ layer.dense_weight().T + layer.bias
-    layer.order = order  # type: ignore[assignment]
+    layer.order, layer.path = order, path  # type: ignore[assignment]
     assert _relative(layer(x), reference) < 1e-5
 
 
