@@ -27,7 +27,7 @@ from torch import nn
 from compresskit.errors import CheckpointError, CompressKitError, DecompositionError, PluginError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan
-from compresskit.walker import PLANS_ATTRIBUTE, TiedOutputProjection, build_replacements, swap_modules
+from compresskit.walker import PLANS_ATTRIBUTE, build_replacements, swap_modules
 
 PLAN_FILE = "compression_plan.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -194,9 +194,8 @@ def merge(model: nn.Module) -> nn.Module:
                 dense[id(replacement)] = _densify(replacement, planned.name, planned.class_name)
             for name in (planned.name, *planned.aliases):
                 _set(merged, name, dense[id(replacement)])
-    for name, module in list(merged.named_modules(remove_duplicate=False)):
-        if isinstance(module, TiedOutputProjection):
-            _set(merged, name, _tied_linear(module, dense.get(id(module.source))))
+            for name in planned.tied_outputs:
+                _set(merged, name, _tied_linear(merged.get_submodule(name), dense[id(replacement)]))
     if PLANS_ATTRIBUTE in vars(merged):
         delattr(merged, PLANS_ATTRIBUTE)
     return merged
@@ -219,12 +218,18 @@ def _densify(replacement: nn.Module, name: str, class_name: str) -> nn.Module:
     return result
 
 
-def _tied_linear(head: TiedOutputProjection, embedding: nn.Module | None) -> nn.Linear:
-    linear = head.to_dense()
-    if embedding is not None and isinstance(getattr(embedding, "weight", None), nn.Parameter):
-        linear.weight = embedding.weight  # type: ignore[assignment]
-    if head.bias is not None:
-        linear.bias = head.bias
+def _tied_linear(head: nn.Module, embedding: nn.Module) -> nn.Linear:
+    """An ``nn.Linear`` whose weight *is* the dense embedding's weight, with the head's bias."""
+    weight = getattr(embedding, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        raise DecompositionError(
+            f"cannot tie the merged head to {type(embedding).__name__}: it has no weight."
+        )
+    bias = getattr(head, "bias", None)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = weight
+    if isinstance(bias, torch.Tensor):
+        linear.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias.detach().clone())
     return linear
 
 

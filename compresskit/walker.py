@@ -45,9 +45,10 @@ PLANS_ATTRIBUTE = "_compresskit_plans"
 class TiedOutputProjection(nn.Module):
     """Logits ``h Eᵀ + b`` from a replaced input embedding E, so an LM head stays tied to it.
 
-    If the embedding's replacement offers ``tied_output(h)`` (e.g. a Kronecker embedding applying
-    (A⊗B)ᵀ without building E), it is used; otherwise E comes from ``dense_weight()``. The head's bias
-    parameter is kept as it is (same object), so ties on the bias survive too.
+    This is the fallback used when the replacement has no ``tied_head(bias)`` factory of its own. If
+    the replacement offers ``project(h)`` (logits without building E, e.g. a Kronecker embedding), it is
+    used; otherwise E comes from ``dense_weight()``. The head's bias parameter is kept as it is (same
+    object), so ties on the bias survive too.
     """
 
     def __init__(self, source: nn.Module, bias: torch.Tensor | None) -> None:
@@ -56,7 +57,7 @@ class TiedOutputProjection(nn.Module):
         self.bias = bias if isinstance(bias, nn.Parameter) or bias is None else nn.Parameter(bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        tied = getattr(self.source, "tied_output", None)
+        tied = getattr(self.source, "project", None)
         logits = tied(hidden) if callable(tied) else F.linear(hidden, self.dense_weight())
         return logits + self.bias if self.bias is not None else logits
 
@@ -333,10 +334,19 @@ def swap_modules(model: nn.Module, plan: CompressionPlan, replacements: Mapping[
             moves.append((*_parent(model, name), new))
         for name in planned.tied_outputs:
             parent, attribute = _parent(model, name)
-            head = TiedOutputProjection(new, dense_bias(getattr(parent, attribute)))
-            moves.append((parent, attribute, head))
+            moves.append((parent, attribute, tied_head(new, dense_bias(getattr(parent, attribute)))))
     for parent, attribute, new in moves:
         setattr(parent, attribute, new)
+
+
+def tied_head(replacement: nn.Module, bias: torch.Tensor | None) -> nn.Module:
+    """The output layer tied to a replaced embedding: the plugin's ``tied_head(bias)`` if it offers one,
+    else a :class:`TiedOutputProjection`."""
+    factory = getattr(replacement, "tied_head", None)
+    if callable(factory):
+        head: nn.Module = factory(bias)
+        return head
+    return TiedOutputProjection(replacement, bias)
 
 
 def decompose(

@@ -133,3 +133,14 @@ def test_real_minilm_lossless_and_kroneckerbert_preset(minilm_path: Any, registr
     report = decompose(student, "kroneckerbert21", registry=registry)
     assert _params(student) == report.plan.model_params_after < report.plan.model_params / 10
     assert main_output(student, inputs).shape == expected.shape
+
+
+def test_kronecker_tied_embedding_uses_the_plugins_tied_head_and_is_lossless(registry: Registry) -> None:
+    model, inputs = tiny_model("gpt2"), tiny_inputs("gpt2")
+    expected = main_output(model, inputs)
+    options = {"embedding_n": 8, "num_terms": 8}  # A: 99x4, b: 1x8 -> min(99*4, 1*8) = 8 terms
+    groups = [{"names": ["wte"], "decomposition": "kronecker", "options": options, "allow_tied": True}]
+    decompose(model, groups, registry=registry)
+    assert not isinstance(model.lm_head, TiedOutputProjection)  # the plugin's own tied head
+    assert {id(p) for p in model.lm_head.parameters()} >= {id(p) for p in model.transformer.wte.parameters()}
+    torch.testing.assert_close(main_output(model, inputs), expected, atol=2e-5, rtol=1e-4)

@@ -182,3 +182,16 @@ def test_cli_reports_no_match_as_an_error(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "s.toml").write_text(STRATEGY.replace('"query"', '"qeury"'))
     assert cli_main(["inspect", "--model", str(source), "--config", str(tmp_path / "s.toml")]) == 2
     assert "'qeury' matched no module" in capsys.readouterr().err
+
+
+def test_kronecker_tied_head_reloads_and_merges_tied(registry: Registry, tmp_path: Path) -> None:
+    options = {"embedding_n": 8, "num_terms": 2}
+    groups = [{"names": ["wte"], "decomposition": "kronecker", "options": options, "allow_tied": True}]
+    model, inputs = _compressed("gpt2", registry, groups), tiny_inputs("gpt2")
+    compresskit.save(model, tmp_path)
+    assert torch.equal(
+        main_output(compresskit.load(tmp_path, registry=registry), inputs), main_output(model, inputs)
+    )
+    merged = compresskit.merge(model)
+    assert type(merged.lm_head) is torch.nn.Linear and merged.lm_head.weight is merged.transformer.wte.weight
+    torch.testing.assert_close(main_output(merged, inputs), main_output(model, inputs), atol=1e-5, rtol=1e-4)
