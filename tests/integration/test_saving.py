@@ -195,3 +195,13 @@ def test_kronecker_tied_head_reloads_and_merges_tied(registry: Registry, tmp_pat
     merged = compresskit.merge(model)
     assert type(merged.lm_head) is torch.nn.Linear and merged.lm_head.weight is merged.transformer.wte.weight
     torch.testing.assert_close(main_output(merged, inputs), main_output(model, inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_load_accepts_an_auto_class(registry: Registry, tmp_path: Path) -> None:
+    import transformers
+
+    model, inputs = _compressed("gpt2", registry), tiny_inputs("gpt2")
+    compresskit.save(model, tmp_path)
+    loaded = compresskit.load(tmp_path, registry=registry, model_class=transformers.AutoModelForCausalLM)
+    assert type(loaded) is type(model)
+    assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
