@@ -84,23 +84,25 @@ def _crashing(at_call: int) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("crash_call", "resume_step", "checkpoint_every"),
+    ("crash_call", "resume_step", "checkpoint_every", "precision"),
     [
-        (13, 5, 5),  # newest checkpoint closes epoch 0: resume starts epoch 1 with a fresh iterator
-        (28, 12, 4),  # mid-epoch 2 (batch 4 of 10), accumulation window restarted cleanly
+        (13, 5, 5, "no"),  # newest checkpoint closes epoch 0: resume starts epoch 1 with a fresh iterator
+        (28, 12, 4, "no"),  # mid-epoch 2 (batch 4 of 10), accumulation window restarted cleanly
+        (17, 6, 3, "bf16"),  # bf16 autocast on the CPU, mid-epoch 1
     ],
 )
 def test_crash_and_resume_in_process_is_exact(
-    tmp_path: Path, crash_call: int, resume_step: int, checkpoint_every: int
+    tmp_path: Path, crash_call: int, resume_step: int, checkpoint_every: int, precision: str
 ) -> None:
-    trainer, model = build_run(tmp_path / "a", checkpoint_every=checkpoint_every)
+    settings = {"checkpoint_every": checkpoint_every, "mixed_precision": precision, "cpu": True}
+    trainer, model = build_run(tmp_path / "a", **settings)
     reference = trainer.train()
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
-    crashing, _ = build_run(tmp_path / "b", checkpoint_every=checkpoint_every, compute=_crashing(crash_call))
+    crashing, _ = build_run(tmp_path / "b", compute=_crashing(crash_call), **settings)
     with pytest.raises(_Crash):
         crashing.train()
-    trainer, model = build_run(tmp_path / "b", checkpoint_every=checkpoint_every)
+    trainer, model = build_run(tmp_path / "b", **settings)
     result = trainer.train()
 
     assert result.resumed_from_step == resume_step
