@@ -6,6 +6,8 @@ from compresskit.commands import Command
 from compresskit.commands.compress import CompressCommand
 from compresskit.commands.demo import DemoCommand
 from compresskit.commands.distill import DistillCommand
+from compresskit.commands.evaluate import EvaluateCommand
+from compresskit.commands.finetune import FinetuneCommand
 from compresskit.commands.inspect import InspectCommand
 from compresskit.commands.plugins import PluginsCommand
 from compresskit.commands.run import RunCommand
@@ -15,7 +17,16 @@ from compresskit.tracking import NullTracker, Tracker
 
 @hookimpl
 def compresskit_register_commands() -> list[type[Command]]:
-    return [PluginsCommand, RunCommand, DemoCommand, InspectCommand, CompressCommand, DistillCommand]
+    return [
+        PluginsCommand,
+        RunCommand,
+        DemoCommand,
+        InspectCommand,
+        CompressCommand,
+        FinetuneCommand,
+        EvaluateCommand,
+        DistillCommand,
+    ]
 
 
 @hookimpl

@@ -1,0 +1,77 @@
+"""``compresskit evaluate``: the official metrics of a saved model on a task split.
+
+Example::
+
+    compresskit evaluate --model runs/teacher-sst2 --task glue --task-option task=sst2 [--json]
+    compresskit evaluate --task squad --predictions predictions.json     # score a prediction file
+
+The model folder may hold a plain Hugging Face model or a compressed one saved by compresskit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from compresskit.commands import Command, CommandContext
+from compresskit.commands.finetune import add_task_arguments, create_task
+from compresskit.errors import ConfigError
+from compresskit.report_table import format_table
+
+
+class EvaluateCommand(Command):
+    """Evaluate a saved model (or a prediction file) on a task's split with its official metrics."""
+
+    name = "evaluate"
+    help = "print the official metrics of a saved model on a task split (JSON with --json)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--model", help="saved model folder (plain Hugging Face or compresskit), or 'default'"
+        )
+        add_task_arguments(parser)
+        parser.add_argument("--split", default="dev", help="split to evaluate (default: dev)")
+        parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+        parser.add_argument("--max-length", type=int, help="maximum tokens per example (default: task's)")
+        parser.add_argument("--limit", type=int, help="evaluate on the first N examples only")
+        parser.add_argument("--predictions", help="score this prediction file instead of a model (SQuAD)")
+        parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    def run(self, args: argparse.Namespace, context: CommandContext) -> int:
+        task = create_task(context.registry, args.task, args.task_options)
+        if args.predictions:
+            if not hasattr(task, "score_prediction_file"):
+                raise ConfigError(f"--predictions: task {args.task!r} cannot score prediction files.")
+            metrics: dict[str, Any] = task.score_prediction_file(args.predictions, args.split)
+        elif args.model:
+            metrics = evaluate_folder(args.model, task, args)
+        else:
+            raise ConfigError("evaluate needs --model FOLDER (or --predictions FILE for SQuAD).")
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]
+            print(format_table(["metric", "value"], rows))
+        return 0
+
+
+def evaluate_folder(model: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Load ``model`` (plain or compressed folder) with ``task``'s head and evaluate it."""
+    from pathlib import Path
+
+    from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model, where="--model")
+    task.check_split(args.split)
+    if (Path(path) / "compression_plan.json").is_file():
+        from compresskit.saving import load
+
+        loaded = load(path)
+    else:
+        loaded = load_task_model(path, task, where="--model")
+    tokenizer = load_tokenizer(path, where="--model")
+    return dict(
+        task.evaluate(loaded, tokenizer, args.split, batch_size=args.batch_size, max_length=args.max_length,
+                      limit=args.limit)
+    )  # fmt: skip
