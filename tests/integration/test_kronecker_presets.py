@@ -63,7 +63,7 @@ def test_kroneckerbert8_reproduces_the_printed_shapes(registry: Registry, bert_b
 
 def test_kroneckerbert5_is_about_20m_with_four_terms(registry: Registry, bert_base: BertModel) -> None:
     result = count(bert_base, _groups(registry, "kroneckerbert5"))
-    assert 19_500_000 < result.compressed.params < 21_000_000
+    assert result.compressed.params == 20_762_508  # reference §1.6: "20.76M, 5.27x"
     assert result.specs["encoder.layer.0.intermediate.dense"]["num_terms"] == 4
 
 
@@ -122,3 +122,40 @@ def test_tiny_bert_with_a_prime_ffn_is_compressed_where_possible(registry: Regis
     assert sum(p.numel() for p in model.parameters()) == result.compressed.params
     after = model(input_ids=ids).logits
     assert after.shape == before.shape and torch.isfinite(after).all()
+
+
+def test_the_walker_applies_the_preset_with_the_same_totals(registry: Registry, bert_base: BertModel) -> None:
+    from compresskit.walker import plan_compression
+
+    plan = plan_compression(bert_base, "kroneckerbert21", registry=registry)
+    assert (plan.model_params, plan.model_params_after) == (109_482_240, 5_228_272)
+    assert len(plan.modules) == 12 * 6 + 1
+
+
+def test_a_tied_gpt2_head_stays_tied_to_the_kronecker_embedding(registry: Registry) -> None:
+    from compresskit_plugins.kronecker import KroneckerTiedHead
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from compresskit.walker import decompose
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=99, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 99, (2, 6))
+    before = model(ids).logits
+    group = {
+        "name": "wte",
+        "types": ["Embedding"],
+        "names": ["transformer.wte"],
+        "decomposition": "kronecker",
+        "options": {"embedding_n": 4, "num_terms": 4},  # all terms: exact, so logits must not move
+        "allow_tied": True,
+    }
+    decompose(model, [group], registry=registry)
+    assert isinstance(model.transformer.wte, KroneckerEmbedding)
+    assert isinstance(model.lm_head, KroneckerTiedHead) and model.lm_head.embedding is model.transformer.wte
+    assert torch.allclose(model(ids).logits, before, atol=1e-4)
+    model(ids).logits.sum().backward()
+    assert model.transformer.wte.b.grad is not None
