@@ -152,3 +152,25 @@ def test_evaluate_end_to_end_on_a_v2_file(tmp_path: Path, tokenizer: Any) -> Non
     assert metrics["HasAns_f1"] == pytest.approx(0.0)
     batch = next(iter(task.dataloader("train", tokenizer, batch_size=2)))
     assert batch["start_positions"].tolist()[1] == 0 and batch["start_positions"].tolist()[0] > 0
+
+
+def test_gold_positions_round_trip_to_gold_answers_on_real_data(tokenizer: Any, data_dir: Path) -> None:
+    sample = data_dir / "squad-sample" / "dev-v1.1-sample.json"
+    task = SquadTask(
+        {"train_file": str(sample), "dev_file": str(sample), "max_length": 128, "doc_stride": 32}
+    )
+    examples, features, metas = task.features("dev", tokenizer, limit=40)
+    assert len(features) > len(examples)  # real contexts need several windows at 128 tokens
+    starts, ends = [], []
+    for feature in features:  # "oracle" logits: peaked at the labelled answer tokens of each window
+        s, e = np.zeros(len(feature["input_ids"])), np.zeros(len(feature["input_ids"]))
+        if feature["start_positions"] != 0:
+            s[feature["start_positions"]] = e[feature["end_positions"]] = 20.0
+        starts.append(s)
+        ends.append(e)
+    answers = predict_answers(examples, metas, starts, ends)
+    # the predicted span is the smallest run of whole tokens covering the first gold answer; it only
+    # differs from it where the answer is part of a word piece ("gold" in "golden", "8" in "18")
+    assert all(e.answer_texts[0] in answers[e.id] for e in examples)
+    metrics = task.compute_metrics(answers, {e.id: list(e.answer_texts) for e in examples})
+    assert metrics["exact_match"] >= 90.0 and metrics["missing_ids"] == []
