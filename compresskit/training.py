@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
 from compresskit.errors import ConfigError
-from compresskit.tracking import Tracker
+from compresskit.tracking import Tracker, flatten
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 LossTerms = Mapping[str, "torch.Tensor | float"]
@@ -179,6 +184,83 @@ def schedule_lengths(config: TrainingConfig, batches_per_epoch: int) -> tuple[in
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total = config.max_steps or math.ceil(config.num_epochs * steps_per_epoch)
     return steps_per_epoch, total, math.ceil(config.warmup_ratio * total)
+
+
+# --------------------------------------------------------------------------- accelerator and run identity
+
+#: Training-config fields that change the trajectory: a checkpoint written with other values is refused.
+TRAJECTORY_FIELDS = (
+    "learning_rate",
+    "num_epochs",
+    "max_steps",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "warmup_ratio",
+    "weight_decay",
+    "mixed_precision",
+    "seed",
+)
+
+
+def make_accelerator(trainer: Trainer) -> Accelerator:
+    """A fresh :class:`accelerate.Accelerator` for this run's precision, accumulation and data seed."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState
+
+    config = trainer.config
+    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
+        raise ConfigError(
+            "training.mixed_precision='fp16' needs a CUDA GPU (fp16 autocast with a gradient scaler); "
+            "on the CPU use mixed_precision='bf16' or 'no'."
+        )
+    # AcceleratorState is a process-wide singleton that refuses a second precision; several stages (or
+    # tests) in one process each need their own, so drop it (the distributed PartialState is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(
+        cpu=config.cpu or not _accelerator_device_available(),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def _accelerator_device_available() -> bool:
+    """Whether torch sees a GPU-like device (CUDA, XPU, MPS, ...).
+
+    Without one the run is put on the CPU explicitly, which is also what makes accelerate use its
+    multi-CPU (gloo) backend when the script was started by ``accelerate launch --multi_gpu``/``torchrun``.
+    """
+    probe = getattr(torch, "accelerator", None)
+    if probe is not None and hasattr(probe, "is_available"):
+        return bool(probe.is_available())
+    return torch.cuda.is_available()
+
+
+def model_signature(model: torch.nn.Module) -> str:
+    """Short hash of the names, shapes and dtypes of a model's state dict (its architecture)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(trainer: Trainer, accelerator: Accelerator) -> dict[str, Any]:
+    """The flat, JSON-normalised identity of a run: stage, model, trajectory settings, user fingerprint."""
+    config = trainer.config
+    fingerprint: dict[str, Any] = {
+        "stage": trainer.stage,
+        "model.class": type(trainer.model).__name__,
+        "model.structure": model_signature(trainer.model),
+        "processes": accelerator.num_processes,
+    }
+    fingerprint.update({f"training.{k}": getattr(config, k) for k in TRAJECTORY_FIELDS})
+    fingerprint.update(flatten(dict(trainer.fingerprint or {}), prefix="user"))
+    try:
+        normalised: dict[str, Any] = json.loads(json.dumps(fingerprint))
+    except TypeError as exc:
+        raise ConfigError(f"Trainer(fingerprint=...) must be JSON-able: {exc}.") from exc
+    return normalised
 
 
 # --------------------------------------------------------------------------- the trainer

@@ -12,8 +12,6 @@ long before). Collate functions that draw from the global RNG while prefetching 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -24,32 +22,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from compresskit import checkpoint as ckpt
-from compresskit.errors import CheckpointError, ConfigError, DataError, TrainingError
-from compresskit.tracking import flatten
+from compresskit.errors import CheckpointError, DataError, TrainingError
 from compresskit.training import (
     TrainResult,
     build_optimizer,
     build_scheduler,
+    make_accelerator,
+    run_fingerprint,
     schedule_lengths,
 )
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
-
     from compresskit.training import Trainer
-
-#: Training-config fields that change the trajectory: a checkpoint written with other values is refused.
-TRAJECTORY_FIELDS = (
-    "learning_rate",
-    "num_epochs",
-    "max_steps",
-    "gradient_accumulation_steps",
-    "max_grad_norm",
-    "warmup_ratio",
-    "weight_decay",
-    "mixed_precision",
-    "seed",
-)
 
 
 @dataclass
@@ -75,67 +59,6 @@ class Progress:
     def from_state(cls, state: Mapping[str, Any]) -> Progress:
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in state.items() if k in names})
-
-
-def make_accelerator(trainer: Trainer) -> Accelerator:
-    """A fresh :class:`accelerate.Accelerator` for this run's precision, accumulation and data seed."""
-    from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.state import AcceleratorState
-
-    config = trainer.config
-    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
-        raise ConfigError(
-            "training.mixed_precision='fp16' needs a CUDA GPU (fp16 autocast with a gradient scaler); "
-            "on the CPU use mixed_precision='bf16' or 'no'."
-        )
-    # AcceleratorState is a process-wide singleton that refuses a second precision; several stages (or
-    # tests) in one process each need their own, so drop it (the distributed PartialState is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
-        cpu=config.cpu or not _accelerator_device_available(),
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-        step_scheduler_with_optimizer=False,
-    )
-
-
-def _accelerator_device_available() -> bool:
-    """Whether torch sees a GPU-like device (CUDA, XPU, MPS, ...).
-
-    Without one the run is put on the CPU explicitly, which is also what makes accelerate use its
-    multi-CPU (gloo) backend when the script was started by ``accelerate launch --multi_gpu``/``torchrun``.
-    """
-    probe = getattr(torch, "accelerator", None)
-    if probe is not None and hasattr(probe, "is_available"):
-        return bool(probe.is_available())
-    return torch.cuda.is_available()
-
-
-def model_signature(model: torch.nn.Module) -> str:
-    """Short hash of the names, shapes and dtypes of a model's state dict (its architecture)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-    return digest.hexdigest()[:16]
-
-
-def run_fingerprint(trainer: Trainer, accelerator: Accelerator) -> dict[str, Any]:
-    """The flat, JSON-normalised identity of a run: stage, model, trajectory settings, user fingerprint."""
-    config = trainer.config
-    fingerprint: dict[str, Any] = {
-        "stage": trainer.stage,
-        "model.class": type(trainer.model).__name__,
-        "model.structure": model_signature(trainer.model),
-        "processes": accelerator.num_processes,
-    }
-    fingerprint.update({f"training.{k}": getattr(config, k) for k in TRAJECTORY_FIELDS})
-    fingerprint.update(flatten(dict(trainer.fingerprint or {}), prefix="user"))
-    try:
-        normalised: dict[str, Any] = json.loads(json.dumps(fingerprint))
-    except TypeError as exc:
-        raise ConfigError(f"Trainer(fingerprint=...) must be JSON-able: {exc}.") from exc
-    return normalised
 
 
 class TrainingRun:
@@ -225,6 +148,11 @@ class TrainingRun:
         if folder is None:
             return None
         saved = ckpt.read_checkpoint(folder)
+        if not isinstance(saved.state.get("progress"), Mapping):
+            raise CheckpointError(
+                f"{folder / ckpt.STATE_FILE} has no training progress: it was not written by a Trainer. "
+                "Use another output_dir or restart."
+            )
         ckpt.check_fingerprint(folder, saved.state.get("fingerprint", {}), self.fingerprint)
         ckpt.load_model(self.acc.unwrap_model(self.model), folder)
         try:
@@ -236,11 +164,6 @@ class TrainingRun:
                 self.acc.scaler.load_state_dict(saved.scaler)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"cannot restore the optimizer state from {folder}: {exc}") from exc
-        if not isinstance(saved.state.get("progress"), Mapping):
-            raise CheckpointError(
-                f"{folder / ckpt.STATE_FILE} has no training progress: it was not written by a Trainer. "
-                "Use another output_dir or restart."
-            )
         self.progress = Progress.from_state(saved.state["progress"])
         if self.progress.batches_in_epoch >= self.batches_per_epoch:
             self.progress.epoch += 1
