@@ -2,16 +2,15 @@
 
 Registers the ``kronecker`` decomposition (Linear, HF Conv1D and Embedding → :class:`KroneckerLinear` /
 :class:`KroneckerEmbedding`, initialised by the nearest-Kronecker SVD) and the presets
-``kroneckerbert8``, ``kroneckerbert21`` and ``kroneckerbert5``. :func:`search_shapes` picks factor shapes
-per matrix for a whole-model compression ratio, parameter budget or FLOP budget; :func:`count` gives
-whole-model parameters / FLOPs under a list of groups (counting rule in ``counting.py``).
+``kroneckerbert8``, ``kroneckerbert21`` and ``kroneckerbert5`` (counting rule in ``presets.py``).
+:func:`search_shapes` picks factor shapes per matrix for a whole-model compression ratio, parameter
+budget or FLOP budget.
 """
 
 from __future__ import annotations
 
 from compresskit import Decomposition, Preset, hookimpl
 
-from .counting import Count, count
 from .decomposition import Kronecker, KroneckerOptions, spec_cost
 from .embedding import KroneckerEmbedding, KroneckerTiedHead
 from .layers import KroneckerLinear
@@ -22,7 +21,6 @@ from .shapes import divisors, factor_pairs, kronecker_flops, kronecker_params
 
 __all__ = [
     "Choice",
-    "Count",
     "Kronecker",
     "KroneckerBert5",
     "KroneckerBert8",
@@ -33,7 +31,6 @@ __all__ = [
     "KroneckerTiedHead",
     "Matrix",
     "SearchResult",
-    "count",
     "divisors",
     "factor_pairs",
     "kron_sum",

@@ -12,11 +12,12 @@ KB21        A 384×48 ⊗ B 2×16       A 16×2 ⊗ B 192×384      A 2×16 ⊗ 
 KB5 (4 Σ)   A 384×48 ⊗ B 2×16       A 384×384 ⊗ B 8×2       A 384×384 ⊗ B 2×8       B 1×12
 ==========  ======================  ======================  ======================  ===========
 
-Counting rule (``counting.py``): every parameter of the model once; biases, LayerNorms, position and
-token-type embeddings and the pooler stay dense; a task head (classifier) is excluded by counting the
-base ``BertModel``. FLOPs: linear maps only, (2n − 1)·m per dense matrix and Eq. 7 per Kronecker layer,
-at 128 tokens (the pooler at one token per sequence). BERT-base: 109,482,240 parameters, 21.7B FLOPs;
-KB21: 5,228,272 and 1.40B; KB8: 14,654,216 (the paper prints 14.3M; its printed shapes give this).
+Counting rule (as ``compresskit.walker.plan_compression`` reports it): every parameter of the model
+once; biases, LayerNorms, position and token-type embeddings and the pooler stay dense; a task head
+(classifier) is excluded by counting the base ``BertModel``. FLOPs: linear maps only, (2n − 1)·m per
+dense matrix and Eq. 7 per Kronecker layer, at 128 tokens. BERT-base: 109,482,240 parameters and 21.7B
+FLOPs in the 72 encoder matrices; KB21: 5,228,272 and 1.40B; KB8: 14,654,216 and 5.47B (the paper prints
+14.3M and 5.2B; its printed shapes give these, see ``reference/kroneckerbert.md`` §1.6).
 
 KB5 is an assumption: the paper's printed KB5 row is not self-consistent (its attention would be
 larger than dense). We use 4 terms in attention and FFN with the shapes above and one term on the embedding
