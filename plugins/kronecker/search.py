@@ -232,7 +232,9 @@ def model_matrices(
     selected = untouched_flops = 0
     for name, module in model.named_modules():
         names = set(class_names(module))
-        if not names & {"Linear", "Conv1D", "Embedding"} or not isinstance(module.weight, torch.Tensor):
+        if not names & {"Linear", "Conv1D", "Embedding"} or not isinstance(
+            getattr(module, "weight", None), torch.Tensor
+        ):
             continue
         weight = module.weight
         shared = id(weight) in seen

@@ -113,3 +113,14 @@ def test_groups_feed_the_kronecker_decomposition() -> None:
             else torch.nn.Linear(matrix.n, matrix.m)
         )
         kron.make_spec(module, matrix.name)
+
+
+def test_error_objective_picks_the_structure_hidden_in_the_weights() -> None:
+    torch.manual_seed(0)
+    exact = torch.kron(torch.randn(4, 2), torch.randn(4, 8))  # 16×16 = (4×2)⊗(4×8): 40 weights
+    noise = torch.randn(16, 16)
+    matrices = [Matrix("structured", 16, 16, weight=exact), Matrix("noise", 16, 16, weight=noise)]
+    result = search_shapes(matrices, target_ratio=6.4, objective="error", max_terms=1)
+    assert result.choices[0].options == {"a_shape": [4, 2], "num_terms": 1}
+    with pytest.raises(DecompositionError, match="objective 'error' needs the real weights"):
+        search_shapes([Matrix("q", 16, 16)], target_ratio=6.4, objective="error")
