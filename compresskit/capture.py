@@ -169,11 +169,12 @@ def _register_attention_function() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_IMPLEMENTATION, eager_mask)
 
 
-def enable_score_capture(model: nn.Module) -> None:
+def enable_score_capture(model: nn.Module) -> str | None:
     """Switch a transformers model to the recording attention function (same maths as eager).
 
-    Raises :class:`ConfigError` when the model does not route attention through transformers'
-    attention interface (then pre-softmax scores cannot be captured).
+    Returns the previous implementation name, for :func:`restore_attention`. Raises
+    :class:`ConfigError` when the model does not route attention through transformers' attention
+    interface (then pre-softmax scores cannot be captured).
     """
     _register_attention_function()
     config = getattr(model, "config", None)
@@ -183,6 +184,7 @@ def enable_score_capture(model: nn.Module) -> None:
             "implementation, so its pre-softmax attention scores cannot be captured; drop the "
             "attention-score losses for it."
         )
+    previous = config._attn_implementation
     setter = getattr(model, "set_attn_implementation", None)
     try:
         if callable(setter):
@@ -197,6 +199,20 @@ def enable_score_capture(model: nn.Module) -> None:
         sub = getattr(module, "config", None)
         if sub is not None and hasattr(sub, "_attn_implementation"):
             sub._attn_implementation = ATTENTION_IMPLEMENTATION
+    return previous if previous != ATTENTION_IMPLEMENTATION else None
+
+
+def restore_attention(model: nn.Module, previous: str | None) -> None:
+    """Put back the attention implementation that :func:`enable_score_capture` replaced."""
+    if previous is None:
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        setter(previous)
+    for module in model.modules():
+        sub = getattr(module, "config", None)
+        if sub is not None and getattr(sub, "_attn_implementation", None) == ATTENTION_IMPLEMENTATION:
+            sub._attn_implementation = previous
 
 
 @contextlib.contextmanager

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.capture import EncoderParts, enable_score_capture, find_encoder_parts, model_outputs
+from compresskit.capture import (
+    EncoderParts,
+    enable_score_capture,
+    find_encoder_parts,
+    model_outputs,
+    restore_attention,
+)
 from compresskit.distillation import DistillationOutputs, LayerMapping, Loss, LossInputs
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
@@ -105,6 +111,13 @@ class LossPlan:
     cache: dict[str, DistillationOutputs] | None = None
     cache_device: str = "cpu"
     stats: dict[str, int] = field(default_factory=lambda: {"hits": 0, "misses": 0})
+    previous_attention: list[tuple[nn.Module, str | None]] = field(default_factory=list)
+
+    def restore(self) -> None:
+        """Give the models back their own attention implementation (e.g. sdpa) after training."""
+        for model, previous in self.previous_attention:
+            restore_attention(model, previous)
+        self.previous_attention.clear()
 
 
 def plan_losses(
@@ -120,9 +133,7 @@ def plan_losses(
     scores = any("attention_scores" in loss.requires for loss in losses)
     models = {"student": student, "teacher": teacher}
     parts = {role: find_encoder_parts(model) for role, model in models.items()}
-    if scores:
-        for model in models.values():
-            enable_score_capture(model)
+    previous = [(model, enable_score_capture(model)) for model in models.values()] if scores else []
     for loss in losses:
         loss.check(available_outputs(student, scores=scores), model="student", where=f"{where}.losses")
         if loss.needs_teacher:
@@ -131,9 +142,11 @@ def plan_losses(
     if mapping_spec == "auto":
         mapping_spec = "one_to_one" if depths[0] == depths[1] else "uniform"
     mapping = LayerMapping.build(mapping_spec, *depths, where=f"{where}.mapping")
-    return LossPlan(
+    plan = LossPlan(
         teacher, losses, mapping, parts["student"], parts["teacher"], scores, {} if cache else None
     )
+    plan.previous_attention.extend(previous)
+    return plan
 
 
 def make_projection(student: nn.Module, teacher: nn.Module, plan: LossPlan) -> nn.Module | None:

@@ -93,22 +93,25 @@ def run_stage(
     losses = build_losses(registry, stage.losses, f"{where}.losses")
     cache = stage.cache_teacher_outputs
     plan = plan_losses(student, teacher, losses, stage.mapping, cache=cache, where=where)
-    wrapper = DistillationModel(student, make_projection(student, teacher, plan))
-    trainer = Trainer(
-        wrapper,
-        config,
-        loader,
-        make_compute_loss(plan),
-        output_dir=output_dir / name,
-        evaluate=(lambda model: evaluate(getattr(model, "student", model))) if evaluate else None,
-        primary_metric=stage.primary_metric if evaluate else None,
-        greater_is_better=stage.greater_is_better,
-        tracker=tracker,
-        stage=name,
-        fingerprint=_fingerprint(distiller, name, stage, teacher, plan.mapping.pairs),
-        frozen_modules=(teacher,),
-    )
-    result = trainer.train().to_dict()
+    try:
+        wrapper = DistillationModel(student, make_projection(student, teacher, plan))
+        trainer = Trainer(
+            wrapper,
+            config,
+            loader,
+            make_compute_loss(plan),
+            output_dir=output_dir / name,
+            evaluate=(lambda model: evaluate(getattr(model, "student", model))) if evaluate else None,
+            primary_metric=stage.primary_metric if evaluate else None,
+            greater_is_better=stage.greater_is_better,
+            tracker=tracker,
+            stage=name,
+            fingerprint=_fingerprint(distiller, name, stage, teacher, plan.mapping.pairs),
+            frozen_modules=(teacher,),
+        )
+        result = trainer.train().to_dict()
+    finally:
+        plan.restore()
     if plan.cache is not None:
         result["teacher_cache"] = dict(plan.stats)
     return result

@@ -95,3 +95,16 @@ def test_extra_paths_and_gradients_flow_through_captured_scores() -> None:
     (out.attention_scores or ())[0].sum().backward()
     grad = model.bert.encoder.layer[0].attention.self.query.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_restore_attention_puts_back_the_original_implementation() -> None:
+    from compresskit.capture import ATTENTION_IMPLEMENTATION, restore_attention
+
+    model = tiny_bert()
+    original = model.config._attn_implementation
+    previous = enable_score_capture(model)
+    assert model.config._attn_implementation == ATTENTION_IMPLEMENTATION
+    assert previous == original
+    restore_attention(model, previous)
+    assert model.config._attn_implementation == original
+    model_outputs(model, inputs())  # still runs with its own attention

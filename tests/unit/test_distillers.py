@@ -138,6 +138,7 @@ def test_two_stage_copies_head_and_runs_both_stages(registry: Registry, tmp_path
     # with a negligible learning rate the copied head is still (almost) the teacher's
     torch.testing.assert_close(student.classifier.weight, finetuned.classifier.weight, atol=1e-5, rtol=0)
     assert "logit_soft_ce" in result["stage2"]["losses"] and "task" in result["stage2"]["losses"]
+    assert student.config._attn_implementation != "compresskit_capture"  # restored after training
 
 
 def test_loss_needing_a_missing_output_fails_before_training(registry: Registry, tmp_path: Path) -> None:
