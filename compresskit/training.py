@@ -18,6 +18,11 @@ Example::
                       loader, lambda m, b: {"loss": m(**b).loss}, evaluate=my_eval,
                       primary_metric="accuracy", output_dir="runs/sst2")
     result = trainer.train()            # resumes from runs/sst2/checkpoints if present
+
+Several processes: start the script with ``accelerate launch --multi_gpu --num_processes N script.py``
+(``torchrun`` works too); on a machine without a GPU the Trainer selects accelerate's multi-CPU (gloo)
+backend. Each process then sees its own shard of every epoch; only rank 0 writes checkpoints. Use one
+``output_dir`` per stage: a checkpoint of another stage is refused (its fingerprint differs).
 """
 
 from __future__ import annotations
@@ -205,7 +210,7 @@ TRAJECTORY_FIELDS = (
 def make_accelerator(trainer: Trainer) -> Accelerator:
     """A fresh :class:`accelerate.Accelerator` for this run's precision, accumulation and data seed."""
     from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, GradientState
 
     config = trainer.config
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
@@ -215,7 +220,9 @@ def make_accelerator(trainer: Trainer) -> Accelerator:
         )
     # AcceleratorState is a process-wide singleton that refuses a second precision; several stages (or
     # tests) in one process each need their own, so drop it (the distributed PartialState is kept).
+    # GradientState likewise still references the data loaders of a run that stopped with an error.
     AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(
         cpu=config.cpu or not _accelerator_device_available(),
         mixed_precision=config.mixed_precision,
