@@ -300,7 +300,7 @@ def _pick(
     objective: Objective,
     band: float = 0.1,
 ) -> Candidate:
-    """Lowest-objective candidate with metric in [share·(1 − band), share], else the closest to share."""
+    """Lowest-objective candidate with metric in [share·(1 − band), share·(1 + band/2)], else the closest."""
     inside = [c for c in pool if share * (1 - band) <= _value(c, metric) <= share * (1 + band / 2)]
     if not inside:
         return min(pool, key=lambda c: abs(math.log(max(_value(c, metric), 1) / max(share, 1))))
