@@ -213,7 +213,7 @@ class TrainingRun:
     def _guarded_micro_step(self, batch: Any) -> bool:
         try:
             return self._micro_step(batch)
-        except torch.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError as exc:  # the same class as torch.OutOfMemoryError
             raise self._oom_error(exc) from exc
         except RuntimeError as exc:
             if "out of memory" in str(exc) or "can't allocate memory" in str(exc):

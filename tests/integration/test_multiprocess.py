@@ -36,6 +36,7 @@ def test_two_cpu_processes_train_in_sync_and_only_rank0_writes(tmp_path: Path) -
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # two CPU processes even on a machine with a GPU
         "PYTHONPATH": str(HERE),
         "TINY_DROPOUT": "0",
         "TINY_ACCUM": "1",

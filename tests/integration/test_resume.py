@@ -29,7 +29,13 @@ def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
 
 
 def _run_script(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **env}
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(HERE),
+        **env,
+    }
     return subprocess.run(
         [sys.executable, str(HERE / "tiny_training.py"), str(out)],
         env=full_env,
@@ -131,7 +137,7 @@ def _tiny_bert_run(output_dir: Path, compute: Any) -> tuple[Any, Any]:
     rows = [{"input_ids": row, "labels": row} for row in ids]
     loader = torch.utils.data.DataLoader(rows, batch_size=4, shuffle=True)
     settings = TrainingConfig(
-        learning_rate=1e-3, num_epochs=2, checkpoint_every=2, log_every=1, progress=False
+        learning_rate=1e-3, num_epochs=2, checkpoint_every=2, log_every=1, progress=False, cpu=True
     )
     return Trainer(model, settings, loader, compute, output_dir=output_dir), model
 

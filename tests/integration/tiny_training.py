@@ -82,6 +82,7 @@ def build_run(
         "log_every": 2,
         "progress": False,
         "keep_checkpoints": 2,
+        "cpu": True,  # bitwise comparisons are made on the CPU, even where a GPU exists
     }
     settings.update(overrides)
     trainer = Trainer(
