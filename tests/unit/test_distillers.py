@@ -204,3 +204,31 @@ def test_paired_collator_gives_each_model_its_own_inputs(minilm_path: Path) -> N
     student, teacher = split_batch(batch)
     assert student["input_ids"].shape == (2, 4) and teacher["input_ids"].shape[1] > 4
     assert batch["labels"].tolist() == [1, 0]
+
+
+def test_distill_cli_on_a_saved_student(minilm_path: Path, tmp_path: Path, capsys: Any) -> None:
+    import json
+
+    from transformers import AutoTokenizer
+
+    from compresskit.cli import main
+    from compresskit.saving import save
+
+    wide = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 37, "num_labels": 2}  # fmt: skip
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(**wide))
+    teacher.save_pretrained(tmp_path / "teacher")
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(tmp_path / "teacher")
+    save(BertForSequenceClassification(BertConfig(**wide)), tmp_path / "student")
+    status = main([
+        "distill", "--student", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"),
+        "--distiller", "logits_kd", "--options", '{"training": {"max_steps": 2, "progress": false}}',
+        "--task-option", "task=sst2", "--task-option", "train_limit=16", "--task-option", "eval_limit=16",
+        "--batch-size", "8", "--max-length", "16", "--output", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["result"]["train"]["steps"] == 2
+    assert 0.0 <= printed["dev"]["accuracy"] <= 1.0
+    assert (tmp_path / "out" / "model" / "compression_plan.json").is_file()
