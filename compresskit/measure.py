@@ -57,6 +57,20 @@ METRIC_LATENCY_P90_MS = "latency_p90_ms"
 METRIC_THROUGHPUT = "throughput_per_s"
 METRIC_PEAK_MEMORY_MB = "peak_memory_mb"
 METRIC_PROCESS_PEAK_MB = "process_peak_mb"
+#: Every measurement name above (a ``teacher/`` prefixed one is the teacher's measurement, not a task metric).
+MEASUREMENT_METRICS = frozenset(
+    {
+        METRIC_PARAMS,
+        METRIC_FLOPS,
+        METRIC_COMPRESSION,
+        METRIC_SIZE_MB,
+        METRIC_LATENCY_MS,
+        METRIC_LATENCY_P90_MS,
+        METRIC_THROUGHPUT,
+        METRIC_PEAK_MEMORY_MB,
+        METRIC_PROCESS_PEAK_MB,
+    }
+)
 
 Inputs = Mapping[str, torch.Tensor]
 

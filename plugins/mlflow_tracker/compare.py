@@ -25,6 +25,7 @@ from compresskit import Command, ConfigError
 from compresskit.commands import CommandContext
 from compresskit.errors import did_you_mean
 from compresskit.measure import (
+    MEASUREMENT_METRICS,
     METRIC_COMPRESSION,
     METRIC_LATENCY_MS,
     METRIC_PARAMS,
@@ -75,8 +76,8 @@ def summarize_runs(runs: Iterable[Any]) -> list[RunSummary]:
     reference: dict[str, float] = {}
     for run in runs:
         if run.data.tags.get(ROLE_TAG) == "teacher":
-            own = _prefixed(run.data.metrics, STUDENT_PREFIX)
-            reference.update({**own, **_prefixed(run.data.metrics, TEACHER_PREFIX)})
+            own = _prefixed(run.data.metrics, STUDENT_PREFIX, task_only=True)
+            reference.update({**own, **_prefixed(run.data.metrics, TEACHER_PREFIX, task_only=True)})
     summaries = [_summary(run, reference) for run in runs]
     if not any(s.role == "teacher" for s in summaries):
         summaries[:0] = _teacher_from_student_runs(runs)
@@ -87,8 +88,8 @@ def _teacher_from_student_runs(runs: list[Any]) -> list[RunSummary]:
     """A teacher row built from the ``teacher/*`` metrics of the first run that logged them."""
     for run in runs:
         teacher = _prefixed(run.data.metrics, TEACHER_PREFIX)
-        if any(key not in (METRIC_PARAMS, METRIC_LATENCY_MS) for key in teacher):
-            metrics = {k: v for k, v in teacher.items() if k not in (METRIC_PARAMS, METRIC_LATENCY_MS)}
+        metrics = _prefixed(run.data.metrics, TEACHER_PREFIX, task_only=True)
+        if metrics:
             return [
                 RunSummary(
                     run_id=run.info.run_id,
@@ -109,10 +110,10 @@ def _summary(run: Any, reference: Mapping[str, float]) -> RunSummary:
     metrics = run.data.metrics
     tags = run.data.tags
     role = tags.get(ROLE_TAG, "student")
-    student = _prefixed(metrics, STUDENT_PREFIX)
-    teacher = {**reference, **_prefixed(metrics, TEACHER_PREFIX)}
+    student = _prefixed(metrics, STUDENT_PREFIX, task_only=True)
+    teacher = {**reference, **_prefixed(metrics, TEACHER_PREFIX, task_only=True)}
     if role == "teacher" and not student:
-        student = _prefixed(metrics, TEACHER_PREFIX)
+        student = _prefixed(metrics, TEACHER_PREFIX, task_only=True)
     params = metrics.get(METRIC_PARAMS)
     latency = metrics.get(METRIC_LATENCY_MS)
     if role == "teacher":
@@ -135,8 +136,10 @@ def _summary(run: Any, reference: Mapping[str, float]) -> RunSummary:
     )
 
 
-def _prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
-    return {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
+def _prefixed(metrics: Mapping[str, float], prefix: str, *, task_only: bool = False) -> dict[str, float]:
+    """``{name: value}`` of the metrics logged as ``<prefix><name>``; ``task_only`` drops measurements."""
+    found = {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
+    return {k: v for k, v in found.items() if not (task_only and k in MEASUREMENT_METRICS)}
 
 
 def comparison_table(summaries: list[RunSummary]) -> str:

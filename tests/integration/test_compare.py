@@ -99,7 +99,14 @@ def test_teacher_row_from_teacher_metrics_in_student_runs(store: str, tmp_path: 
     tracker = MlflowTracker({"tracking_uri": uri, "experiment": "pipeline"})
     tracker.start_run("kb21", tags={"strategy": "kroneckerbert21"})
     tracker.log_metrics(
-        {"student/accuracy": 0.8, "teacher/accuracy": 0.9, "params": 10, "teacher/params": 40}
+        {
+            "student/accuracy": 0.8,
+            "teacher/accuracy": 0.9,
+            "params": 10,
+            "teacher/params": 40,
+            "teacher/size_mb": 0.2,
+            "teacher/flops": 99.0,
+        }
     )
     tracker.end_run()
     code, out, _ = run_compare(
