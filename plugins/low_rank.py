@@ -152,9 +152,9 @@ def truncated_svd(
     """
     work = weight.detach().to(torch.float64 if weight.dtype == torch.float64 else torch.float32)
     smallest = min(work.shape)
-    if method == "auto":
+    if method == "auto":  # ARPACK runs on the CPU: on an accelerator the full SVD stays on device
         partial = smallest >= PARTIAL_SVD_MIN_DIM and rank <= PARTIAL_SVD_MAX_FRACTION * smallest
-        method = "scipy" if partial else "torch"
+        method = "scipy" if partial and work.device.type == "cpu" else "torch"
     if method == "scipy" and rank < smallest:
         return _scipy_svds(work, rank)
     u, s, vh = torch.linalg.svd(work, full_matrices=False)
