@@ -96,6 +96,9 @@ def _draw_panel(ax: Axes, x_label: str, points: Sequence[Point], metric: str) ->
         ax.annotate(
             point.label, (point.cost, point.quality), fontsize=7, xytext=(4, 4), textcoords="offset points"
         )
+    costs = [p.cost for p in points if math.isfinite(p.cost)]
+    if costs and min(costs) > 0 and max(costs) >= 10 * min(costs):
+        ax.set_xscale("log")  # costs spanning a decade or more (e.g. 1M to 22M parameters)
     ax.set_xlabel(x_label)
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
