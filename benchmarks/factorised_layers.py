@@ -6,7 +6,7 @@ each of ``low_rank``, ``tucker``, ``cp`` and ``tensor_train`` is built at the sa
 per 128-token sequence), the relative error ‖W − Ŵ‖_F/‖W‖_F, the initialisation time (SVD / HOOI /
 CP-ALS / TT-SVD) and the median forward time on a batch of ``--batch`` × 128 tokens against the dense
 layer. ``low_rank`` is timed with both SVD back ends. Writes
-``benchmarks/results/factorised_layers.json``.
+``benchmarks/results/factorised_layers.{json,md}``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/factorised_layers.py [--threads 1] [--repeats 7]
 """
@@ -139,6 +139,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.with_suffix(".md").write_text(f"`{result['command']}`\n\n{table(rows)}\n")
     print(table(rows))
 
 
