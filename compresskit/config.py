@@ -144,12 +144,32 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
-            registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
+            distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
+            _validate_distiller_stages(distiller, registry, f"{where}.options")
             for name, data in step.data.items():
                 if data.task is not None:
                     registry.create("task", data.task, data.options, where=f"{where}.data.{name}.options")
         elif isinstance(step, DecomposeStep):
             _validate_decompose(step, registry, where)
+
+
+def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:
+    """Validate nested stage tables (``stage1``/``stage2``): their keys, training fields and loss names."""
+    try:
+        stages = distiller.stages() if hasattr(distiller, "stages") else {"": distiller.options}
+    except ConfigError as exc:  # the distiller names itself; point at the config path instead
+        message = str(exc)
+        own = f"{distiller.name}."
+        raise ConfigError(f"{where}.{message[len(own) :]}" if message.startswith(own) else message) from None
+    for name, stage in stages.items():
+        at = f"{where}.{name}" if name else where
+        training = getattr(stage, "training", None)
+        if isinstance(training, Mapping):
+            _validate_training(training, f"{at}.training")
+        losses = getattr(stage, "losses", None)
+        if isinstance(losses, Mapping):
+            for loss in losses:
+                registry.get("loss", str(loss), where=f"{at}.losses")
 
 
 def _validate_training(values: Mapping[str, Any], where: str) -> None:

@@ -77,7 +77,7 @@ class Pipeline:
         device: str | None = None,
         progress: bool = True,
         on_stage_end: Callable[[str], None] | None = None,
-        echo: Callable[[str], None] = print,
+        echo: Callable[[str], None] | None = None,
     ) -> None:
         self.strategy = strategy
         self.registry = registry or Registry.from_plugins()
@@ -86,7 +86,7 @@ class Pipeline:
         self.device = device or strategy.device
         self.progress = progress
         self.on_stage_end = on_stage_end
-        self.echo = echo
+        self.echo = echo or _print_flushed
         self._tracker = tracker
 
     def run(self) -> CompressResult:
@@ -280,6 +280,10 @@ class Pipeline:
     def _parts(self, steps: int) -> dict[str, Any]:
         data = self.strategy.to_dict()
         return {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+
+
+def _print_flushed(message: str) -> None:
+    print(message, flush=True)
 
 
 def _hash(parts: Mapping[str, Any]) -> str:

@@ -105,7 +105,11 @@ def tracker_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
 def tracking_uri(strategy: Strategy) -> str | None:
     if strategy.tracking.tracker == "none":
         return None
-    return strategy.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = strategy.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())  # absolute, so the hint works from anywhere
+    return uri
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
