@@ -218,3 +218,13 @@ def test_a_correct_decomposition_passes() -> None:
 def test_the_suite_catches_a_broken_decomposition(broken: type[Decomposition], message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_decomposition(broken)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in REGISTRY.names("decomposition") if "Linear" in REGISTRY.get("decomposition", n).module_types],
+)
+def test_half_precision_module_keeps_its_dtype(name: str) -> None:
+    cls = REGISTRY.get("decomposition", name)
+    module = MODULES["Linear"]().to(torch.bfloat16)
+    check_decomposition(cls, module=module, name="model.linear", atol=5e-2, rtol=5e-2)
