@@ -127,7 +127,7 @@ def test_cli_run_reports_bad_component_options_before_any_work(
     from compresskit.cli import main
 
     path = tmp_path / "demo.toml"
-    path.write_text(CONFIG)
+    path.write_text(CONFIG.replace("[steps.options.stage2]", "[steps.options.stage2.training]"))
     missing = tmp_path / "no-model"  # if validation missed the typo, this still stops the run early
     args = ["--set", "steps[1].options.stage2.lrr=1", "--set", f"model.teacher='{missing}'"]
     assert main(["run", str(path), "--output", str(tmp_path / "run"), *args]) == 2
