@@ -51,9 +51,17 @@ class EvaluateCommand(Command):
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:
-            rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]
+            rows = [[k, _cell(v)] for k, v in metrics.items()]
             print(format_table(["metric", "value"], rows))
         return 0
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):  # e.g. SQuAD missing_ids: the count and the first few (all in --json)
+        return f"{len(value)}" + (f" (e.g. {', '.join(map(str, value[:3]))})" if value else "")
+    return str(value)
 
 
 def evaluate_folder(model: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -71,3 +71,20 @@ def test_finetune_sst2_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixtu
                  "--limit", "200", "--max-length", "64", "--json"]) == 0  # fmt: skip
     reloaded = json.loads(capsys.readouterr().out)
     assert reloaded["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
+
+
+def test_evaluate_scores_a_squad_prediction_file(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = data_dir / "squad-sample" / "dev-v1.1-sample.json"
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"56be4db0acb8001400a502ec": "the Denver Broncos"}))
+    options = ["--task-option", f"dev_file={sample}", "--task-option", f"train_file={sample}"]
+    assert main(["evaluate", "--task", "squad", *options, "--predictions", str(predictions)]) == 0
+    table = capsys.readouterr().out
+    assert "missing_ids  1056 (e.g. 56be4db0acb8001400a502ed" in table
+    assert main(["evaluate", "--task", "squad", *options, "--predictions", str(predictions), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["exact_match"] == pytest.approx(100 / 1057) and len(metrics["missing_ids"]) == 1056
+    assert main(["evaluate", "--task", "glue", "--predictions", str(predictions)]) == 2
+    assert "cannot score prediction files" in capsys.readouterr().err
