@@ -29,7 +29,7 @@ def as_strategy(strategy: Strategy | str | Path | Mapping[str, Any]) -> Strategy
 
 
 def compress(
-    model: str | Path | None,
+    model: Any,
     strategy: Strategy | str | Path | Mapping[str, Any],
     *,
     output_dir: str | Path | None = None,
@@ -38,12 +38,17 @@ def compress(
     device: str | None = None,
     progress: bool = True,
 ) -> CompressResult:
-    """Compress ``model`` (a folder, Hub id or ``"default"``; ``None`` keeps the strategy's teacher).
+    """Compress ``model``: a folder, a Hub id, ``"default"``, or a loaded Hugging Face model (saved into
+    the run directory first); ``None`` keeps the strategy's ``[model] teacher``.
 
     Runs the same pipeline as ``compresskit run`` (fine-tune → decompose → distil → evaluate → save →
     measure → track) in ``output_dir`` and resumes what an earlier call there completed.
     """
     resolved = as_strategy(strategy)
+    if model is not None and not isinstance(model, str | Path):
+        model = _save_input_model(
+            model, Path(output_dir or resolved.output_dir or Path("runs") / resolved.name)
+        )
     if model is not None:
         resolved = dataclasses.replace(
             resolved, model=dataclasses.replace(resolved.model, teacher=str(model))
@@ -123,6 +128,19 @@ def evaluate(
     return task_obj.evaluate(
         model, tokenizer, split, batch_size=batch_size, max_length=max_length, limit=limit
     )
+
+
+def _save_input_model(model: Any, run_dir: Path) -> Path:
+    """Save an in-memory Hugging Face model as the run's teacher (its tokenizer must be findable:
+    set ``[model] tokenizer``)."""
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(
+            "compress(model, ...): expected a path, 'default' or a Hugging Face model, "
+            f"got {type(model).__name__}"
+        )
+    folder = run_dir / "input_model"
+    model.save_pretrained(folder)
+    return folder
 
 
 def _load_any(folder: Path, task: Any) -> Any:
