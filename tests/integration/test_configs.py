@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compresskit.config import load_config, validate_components
-from compresskit.preflight import preflight
+from compresskit.preflight import Checked, preflight
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 
@@ -19,6 +19,16 @@ MINILM = [p for p in CONFIGS if "minilm" in p.name]
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return Registry.from_plugins()
+
+
+_CHECKED: dict[str, Checked] = {}
+
+
+def checked(path: Path, registry: Registry) -> Checked:
+    """Preflight of a config (the dry-run plan on the real MiniLM), computed once per module."""
+    if path.name not in _CHECKED:
+        _CHECKED[path.name] = preflight(load_config(path), registry)
+    return _CHECKED[path.name]
 
 
 def test_the_shipped_set_is_complete() -> None:
@@ -47,9 +57,9 @@ def test_config_parses_round_trips_and_validates(path: Path, registry: Registry)
 
 @pytest.mark.parametrize("path", MINILM, ids=lambda p: p.name)
 def test_minilm_config_plans_on_the_real_model(path: Path, registry: Registry, minilm_path: Path) -> None:
-    checked = preflight(load_config(path), registry)
-    assert checked.plans, "every MiniLM config decomposes something"
-    for plan in checked.plans:
+    result = checked(path, registry)
+    assert result.plans, "every MiniLM config decomposes something"
+    for plan in result.plans:
         assert plan.modules and not plan.skipped
         assert plan.after.params < plan.before.params
 
@@ -58,7 +68,7 @@ def test_matched_parameter_counts(registry: Registry, minilm_path: Path) -> None
     """The low-rank and tensor-train configs sit within 5% of KroneckerBERT21-MiniLM's parameter count."""
     after = {}
     for name in ("kroneckerbert21-minilm.toml", "lowrank-minilm.toml", "tensortrain-minilm.toml"):
-        (plan,) = preflight(load_config(CONFIGS[0].parent / name), registry).plans
+        (plan,) = checked(CONFIGS[0].parent / name, registry).plans
         after[name] = plan.model_params_after
     reference = after.pop("kroneckerbert21-minilm.toml")
     for name, params in after.items():
