@@ -93,6 +93,11 @@ class Pipeline:
         """Run every stage not already complete; return the :class:`CompressResult`."""
         from compresskit.preflight import preflight
 
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "device = 'cuda' (or --device cuda), but torch sees no CUDA device here "
+                f"(torch {torch.__version__}); use --device cpu, or run on a machine with a GPU."
+            )
         checked = preflight(self.strategy, self.registry)
         if self.restart and self.run_dir.exists():
             shutil.rmtree(self.run_dir)

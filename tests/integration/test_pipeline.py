@@ -167,3 +167,6 @@ def test_bad_input_fails_before_training(tiny_teacher: Path, data_dir: Path, tmp
     with pytest.raises(Exception, match="intermediat"):
         Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "c").run()
     assert not (tmp_path / "c" / "state.json").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            Pipeline(strategy, output_dir=tmp_path / "d", device="cuda").run()
