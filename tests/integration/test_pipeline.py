@@ -170,3 +170,37 @@ def test_bad_input_fails_before_training(tiny_teacher: Path, data_dir: Path, tmp
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             Pipeline(strategy, output_dir=tmp_path / "d", device="cuda").run()
+
+
+def test_chained_steps_decompose_distil_decompose_distil(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    base = tiny_strategy(tiny_teacher, data_dir).to_dict()
+    first_decompose, distil = base["steps"]
+    attention = {
+        "name": "attention",
+        "types": ["Linear"],
+        "names": ["query", "key", "value"],
+        "decomposition": "kronecker",
+        "options": {"b_shape": [2, 2]},
+    }
+    base["steps"] = [first_decompose, distil, {"kind": "decompose", "groups": [attention]}, distil]
+    base["tracking"] = {"tracker": "none"}
+    result = Pipeline(Strategy.from_dict(base), output_dir=tmp_path / "run", progress=False).run()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [k for k in state["order"] if k.startswith("steps")] == [
+        "steps[0]:decompose",
+        "steps[1]:distill",
+        "steps[2]:decompose",
+        "steps[3]:distill",
+    ]
+    from compresskit.saving import load
+
+    student = load(result.model_dir)
+    kinds = {
+        type(m).__name__
+        for name, m in student.named_modules()
+        if name.endswith(("query", "intermediate.dense"))
+    }
+    assert "Linear" not in kinds and len(kinds) == 2  # both steps' replacements survive save/load
+    assert result.summary["student"]["params"] < result.summary["teacher"]["params"]
