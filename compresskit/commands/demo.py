@@ -7,6 +7,7 @@ from pathlib import Path
 
 from compresskit.commands import Command, CommandContext
 from compresskit.commands.run import add_run_arguments, run_config
+from compresskit.errors import ConfigError
 
 #: The shipped demo config, found beside the package in a source checkout or installed with it.
 DEMO_CONFIG = "demo-minilm-sst2.toml"
@@ -18,7 +19,10 @@ def demo_config_path() -> Path:
     for candidate in (here.parents[1] / "configs" / DEMO_CONFIG, here.parent / "configs" / DEMO_CONFIG):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{DEMO_CONFIG} is missing from this installation")
+    raise ConfigError(
+        f"{DEMO_CONFIG} was not found beside this installation ({here.parents[1] / 'configs'}); run from a "
+        "source checkout (pip install -e .) or pass the config to `compresskit run`."
+    )
 
 
 class DemoCommand(Command):
