@@ -83,3 +83,13 @@ def test_composed_config_chains_steps_with_different_decompositions() -> None:
     assert isinstance(first, DecomposeStep) and isinstance(second, DecomposeStep)
     assert {g["decomposition"] for g in first.groups} == {"kronecker"}
     assert {g["decomposition"] for g in second.groups} == {"low_rank"}
+
+
+def test_demo_command_runs_the_shipped_demo_config() -> None:
+    from compresskit.commands.demo import demo_config_path
+
+    path = demo_config_path()
+    assert path == CONFIGS[0].parent / "demo-minilm-sst2.toml"
+    strategy = load_config(path)
+    assert strategy.model.teacher == "default"
+    assert strategy.steps[0].preset.startswith("kroneckerbert")  # type: ignore[union-attr]
