@@ -1,7 +1,11 @@
-"""The real run, short: MiniLM-L6 fine-tuned on SST-2, decomposed with KroneckerBERT21, two-stage KD.
+"""The real run, short: MiniLM-L6 fine-tuned on SST-2, decomposed with KroneckerBERT8, two-stage KD.
 
 Asserts that the stage-1 intermediate losses fall and that dev accuracy on all 872 SST-2 dev sentences
 is clearly higher after distillation than right after decomposition. Sizes are chosen for a 2-core CPU.
+
+The attention-score MSE of MiniLM is about 45 at the start (pre-softmax scores are large), so at weight 1
+it swamps the embedding and hidden-state terms, which then rise; weight 0.02 brings it to the same
+scale as the others (the reference digest's q10 anticipates this).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ pytestmark = pytest.mark.slow
 TRAIN_SENTENCES = 2000
 MAX_LENGTH = 64
 STAGE1_BLOCKS = 256
+INTERMEDIATE = {"embedding_mse": 1.0, "attention_score_mse": 0.02, "hidden_mse": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +68,21 @@ def test_two_stage_kd_recovers_accuracy_after_kronecker_decomposition(
     registry = setup["registry"]
     teacher = finetune_teacher(setup, minilm_path)
     student = AutoModelForSequenceClassification.from_pretrained(minilm_path, **setup["sst2"].model_kwargs())
-    decompose(student, "kroneckerbert21", registry=registry)
+    decompose(student, "kroneckerbert8", registry=registry)
     before = dev_accuracy(setup, student)
 
     text = registry.create("task", "text", {"block_size": MAX_LENGTH})
     stage1 = text.dataloader("train", setup["tokenizer"], batch_size=32, shuffle=True,
                              max_length=MAX_LENGTH, limit=STAGE1_BLOCKS)  # fmt: skip
     options = {
-        "stage1": {"training": {"learning_rate": 1e-3, "num_epochs": 2, "progress": False, "log_every": 2}},
-        "stage2": {"training": {"learning_rate": 5e-4, "num_epochs": 2, "progress": False, "log_every": 5}},
+        "stage1": {
+            "losses": INTERMEDIATE,
+            "training": {"learning_rate": 5e-4, "num_epochs": 2, "progress": False, "log_every": 2},
+        },
+        "stage2": {
+            "losses": {**INTERMEDIATE, "logit_soft_ce": 1.0, "task": 1.0},
+            "training": {"learning_rate": 5e-4, "num_epochs": 2, "progress": False, "log_every": 5},
+        },
     }
     result = registry.create("distiller", "two_stage_kd", options).distill(
         student,
