@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,27 @@ def test_quickstart_example_runs(repo_root: Path, tmp_path: Path, minilm_path: P
     assert 0.0 <= summary["student"]["metrics"]["accuracy"] <= 1.0
     state = json.loads((tmp_path / "runs" / "quickstart" / "state.json").read_text())
     assert state["order"][:3] == ["teacher", "steps[0]:decompose", "steps[1]:distill"]
+
+
+def _python_blocks(readme: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+
+
+def test_every_readme_python_block_is_a_tested_example(repo_root: Path) -> None:
+    blocks = _python_blocks((repo_root / "README.md").read_text())
+    examples = {path.name: path.read_text() for path in (repo_root / "examples").glob("*.py")}
+    assert blocks, "the README has no Python example"
+    for block in blocks:
+        assert any(text.endswith(block) for text in examples.values()), block[:200]
+
+
+@pytest.mark.slow
+def test_pieces_example_runs(repo_root: Path, tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(repo_root / "examples" / "pieces.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    ratio = re.search(r"compression ratio ([0-9.]+)x", completed.stdout)
+    assert ratio is not None and float(ratio.group(1)) > 10, completed.stdout[-2000:]
+    assert (tmp_path / "kb21" / "compression_plan.json").is_file()
