@@ -19,7 +19,14 @@ from compresskit.decomposition import (
     is_conv1d,
     linear_shape,
 )
-from compresskit.distillation import DistillationOutputs, Distiller, LayerMapping, Loss, LossInputs
+from compresskit.distillation import (
+    DistillationOutputs,
+    Distiller,
+    LayerMapping,
+    Loss,
+    LossInputs,
+    problem_type_of,
+)
 from compresskit.errors import (
     CheckpointError,
     CompressKitError,
@@ -104,6 +111,7 @@ __all__ = [
     "measure_model",
     "merge",
     "plan_compression",
+    "problem_type_of",
     "save",
     "size_on_disk_mb",
 ]

@@ -18,6 +18,7 @@ import torch
 
 from compresskit.component import Component
 from compresskit.errors import ConfigError
+from compresskit.tasks import PROBLEM_TYPES
 
 #: Output names a loss may require (see :attr:`Loss.requires`).
 OUTPUT_NAMES = ("logits", "hidden_states", "attention_scores", "labels", "loss")
@@ -147,15 +148,43 @@ class Loss(Component):
     ``requires`` names the outputs the loss reads (from :data:`OUTPUT_NAMES`) so that a strategy that
     asks for an output the model cannot produce fails before training starts (:meth:`check`).
     ``needs_teacher`` is ``False`` for losses on the student alone (task loss, MLM). Subclasses implement
-    :meth:`compute`; ``__call__`` multiplies it by ``options.weight`` when the options have one.
+    :meth:`compute`; ``__call__`` multiplies it by ``options.weight`` when the options have one and
+    returns a float32 scalar. ``problem_types`` lists the problem types (:data:`PROBLEM_TYPES`) whose
+    outputs the loss can use, ``None`` for any: a softmax over a single regression output is constant,
+    so a softmax-based logit loss on STS-B would be exactly 0 with zero gradient. :meth:`check_problem_type`
+    refuses such a pairing before training. Losses reduce in float32 whatever the models' dtype (a
+    half-precision sum of squared attention-score differences overflows to inf).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
     needs_teacher: ClassVar[bool] = True
+    problem_types: ClassVar[frozenset[str] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.problem_types or ()) - set(PROBLEM_TYPES))
+        if unknown:
+            raise TypeError(
+                f"loss {cls.__name__}: problem_types {unknown} are not problem types; use "
+                f"{', '.join(PROBLEM_TYPES)}."
+            )
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         weight = float(getattr(self.options, "weight", 1.0))
-        return weight * self.compute(inputs)
+        return weight * self.compute(inputs).float()
+
+    def check_problem_type(self, problem_type: str | None, *, where: str = "") -> None:
+        """Raise :class:`ConfigError` if this loss cannot use the outputs of a ``problem_type`` model.
+
+        ``None`` (unknown) passes; the loss then checks the outputs it is given when it runs.
+        """
+        if problem_type is None or self.problem_types is None or problem_type in self.problem_types:
+            return
+        raise ConfigError(
+            f"{where or self.name}: loss {self.name!r} does not fit a {problem_type} model (it fits "
+            f"{', '.join(sorted(self.problem_types))}). For regression use 'logit_mse' for logit KD and "
+            "'task' for the labels."
+        )
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
         """The unweighted loss value (a scalar tensor)."""
@@ -170,6 +199,32 @@ class Loss(Component):
                 f"which it does not produce (it produces: {', '.join(sorted(available)) or 'nothing'}). "
                 "Remove the loss or use a model with that output."
             )
+
+
+#: Head class-name suffixes of transformers models and the problem type their outputs have.
+_HEAD_PROBLEM_TYPES = {
+    "ForQuestionAnswering": "question_answering",
+    "ForMaskedLM": "language_modeling",
+    "ForCausalLM": "language_modeling",
+    "LMHeadModel": "language_modeling",
+}
+
+
+def problem_type_of(model: torch.nn.Module) -> str | None:
+    """The problem type of ``model``'s outputs (one of :data:`PROBLEM_TYPES`), or ``None`` if unknown.
+
+    Read from ``model.config.problem_type`` when it names one; otherwise a sequence classifier with one
+    label is a regression, with more a single-label classifier, and question-answering and LM heads
+    are known by their class name.
+    """
+    config = getattr(model, "config", None)
+    declared = getattr(config, "problem_type", None)
+    if declared in PROBLEM_TYPES:
+        return str(declared)
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification") and declared is None:
+        return "regression" if int(getattr(config, "num_labels", 2)) == 1 else "single_label_classification"
+    return next((kind for suffix, kind in _HEAD_PROBLEM_TYPES.items() if name.endswith(suffix)), None)
 
 
 class Distiller(Component):

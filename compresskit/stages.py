@@ -77,6 +77,7 @@ def finetune_teacher(ctx: RunContext, out: Path) -> dict[str, Any]:
         seed=ctx.strategy.seed,
         max_length=spec.max_length,
         limit=spec.train_limit,
+        group_by_length=spec.group_by_length,
     )
     result = Trainer(
         model,
@@ -89,7 +90,12 @@ def finetune_teacher(ctx: RunContext, out: Path) -> dict[str, Any]:
         fingerprint={"stage": "finetune", "strategy": ctx.strategy.fingerprint("model", "task", "finetune")},
     ).train()
     model.save_pretrained(out / MODEL_DIR)
-    return {"path": str(out / MODEL_DIR), "finetuned_here": True, "steps": result.steps}
+    return {
+        "path": str(out / MODEL_DIR),
+        "finetuned_here": True,
+        "steps": result.steps,
+        "throughput": result.throughput,
+    }
 
 
 def task_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -194,7 +200,11 @@ def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: in
         from compresskit.strategy import DataSpec
 
         finetune = ctx.strategy.finetune
-        spec = DataSpec(max_length=finetune.max_length, limit=finetune.train_limit)
+        spec = DataSpec(
+            max_length=finetune.max_length,
+            limit=finetune.train_limit,
+            group_by_length=finetune.group_by_length,
+        )
     task = ctx.task
     if spec.task is not None:
         task = ctx.registry.create("task", spec.task, spec.options, where=f"{where}.options")
@@ -206,6 +216,7 @@ def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: in
         seed=ctx.strategy.seed,
         max_length=spec.max_length,
         limit=spec.limit,
+        group_by_length=spec.group_by_length,
     )
 
 

@@ -63,6 +63,8 @@ class FinetuneSpec:
 
     max_length: int | None = None
     train_limit: int | None = None
+    #: Batch examples of similar length together (see :func:`compresskit.tasks.list_dataloader`).
+    group_by_length: bool = True
     #: ``[finetune.training]``: fields of :class:`compresskit.training.TrainingConfig`.
     training: Mapping[str, Any] = field(default_factory=dict)
 
@@ -96,6 +98,8 @@ class DataSpec:
     max_length: int | None = None
     limit: int | None = None
     shuffle: bool = True
+    #: Batch examples of similar length together (see :func:`compresskit.tasks.list_dataloader`).
+    group_by_length: bool = True
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,10 @@ class TrainResult:
 
     ``losses`` holds, for each loss term (and ``"lr"``), its mean over each logging window, in order;
     ``resumed_from_step`` is the step of the checkpoint the run resumed from (``None`` for a fresh run).
+    ``throughput`` measures the training steps of this call only (data loading, forward, backward and
+    optimizer; evaluation and checkpoint writes excluded), on this process: ``examples_per_second``,
+    ``tokens_per_second`` (real tokens, from the attention mask) and ``padding`` (the fraction of
+    padded positions in the batches); empty when no step ran.
     """
 
     steps: int
@@ -130,6 +134,7 @@ class TrainResult:
     losses: dict[str, list[float]]
     resumed_from_step: int | None
     final_checkpoint: Path | None = None
+    throughput: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -61,6 +61,44 @@ class Progress:
         return cls(**{k: v for k, v in state.items() if k in names})
 
 
+@dataclass
+class Throughput:
+    """Seconds, examples and tokens of the training steps of one ``train()`` call (this process)."""
+
+    seconds: float = 0.0
+    examples: int = 0
+    tokens: int = 0
+    positions: int = 0
+
+    def add(self, batch: Any, seconds: float) -> None:
+        mask = _attention_mask(batch)
+        self.seconds += seconds
+        if mask is not None:
+            self.examples += int(mask.shape[0])
+            self.tokens += int(mask.sum())
+            self.positions += int(mask.numel())
+
+    def to_dict(self) -> dict[str, float]:
+        if self.seconds <= 0 or not self.examples:
+            return {}
+        return {
+            "examples_per_second": self.examples / self.seconds,
+            "tokens_per_second": self.tokens / self.seconds,
+            "padding": 1.0 - self.tokens / max(self.positions, 1),
+            "seconds": self.seconds,
+        }
+
+
+def _attention_mask(batch: Any) -> torch.Tensor | None:
+    """The attention mask of a batch (top level, or the student's inputs of a paired KD batch)."""
+    if not isinstance(batch, Mapping):
+        return None
+    mask = batch.get("attention_mask")
+    if mask is None and isinstance(batch.get("student_inputs"), Mapping):
+        mask = batch["student_inputs"].get("attention_mask")
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
 class TrainingRun:
     """State of one ``train()`` call: the prepared objects, the progress and the checkpoint folder."""
 
@@ -87,6 +125,7 @@ class TrainingRun:
         self.pending_rng: dict[str, Any] | None = None
         self.last_saved_step: int | None = None
         self.bar: Any = None
+        self.throughput = Throughput()
 
     def _loader_length(self) -> int:
         try:
@@ -109,6 +148,7 @@ class TrainingRun:
             while self.progress.step < self.total_steps:
                 self._run_epoch()
             self._finish()
+            self._track({f"{self.trainer.stage}/{k}": v for k, v in self.throughput.to_dict().items()})
             self._load_best_if_asked()
             return self._result(resumed_from)
         finally:
@@ -136,6 +176,7 @@ class TrainingRun:
             losses={k: list(v) for k, v in p.history.items()},
             resumed_from_step=resumed_from,
             final_checkpoint=ckpt.find_latest(self.root),
+            throughput=self.throughput.to_dict(),
         )
 
     # ------------------------------------------------------------------ resume
@@ -199,14 +240,17 @@ class TrainingRun:
 
     def _run_epoch(self) -> None:
         p = self.progress
+        started = time.perf_counter()  # loading the batch counts, evaluation and checkpoints do not
         for batch in self._epoch_batches():
             self._restore_pending_rng()  # mid-epoch resume: just before the first resumed batch is used
             stepped = self._guarded_micro_step(batch)
+            self.throughput.add(batch, time.perf_counter() - started)
             p.batches_in_epoch += 1
             if stepped:
                 self._after_optimizer_step()
                 if p.step >= self.total_steps:
                     return
+            started = time.perf_counter()
         p.epoch += 1
         p.batches_in_epoch = 0
 
@@ -334,7 +378,7 @@ class TrainingRun:
         self._track({f"{self.trainer.stage}/{k}": v for k, v in logged.items()})
 
     def _track(self, metrics: Mapping[str, float]) -> None:
-        if self.trainer.tracker is not None and self.acc.is_main_process:
+        if metrics and self.trainer.tracker is not None and self.acc.is_main_process:
             self.trainer.tracker.log_metrics(dict(metrics), step=self.progress.step)
 
     # ------------------------------------------------------------------ evaluation and checkpoints

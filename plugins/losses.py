@@ -3,6 +3,13 @@
 Reductions follow KroneckerBERT (Tahaei et al. 2022, Eq. 14) as read in the reference digest (§4 q9):
 MSE with mean reduction, summed over mapped layers; attention scores with padding positions zeroed
 (TinyBERT, Jiao et al. 2020) and averaged over heads. Every loss is multiplied by its ``weight``.
+Every loss reads its inputs in float32 (:func:`_f32`): in half precision a sum of squared score
+differences overflows long before the mean is taken.
+
+Which losses fit which problem type (``problem_types``): the intermediate losses and ``logit_mse`` fit
+any model; the softmax-based logit losses (``logit_soft_ce``, ``logit_kl``) need a distribution over
+classes and refuse a regression head (one output: the softmax is 1, the loss 0, the gradient 0);
+``task`` fits classification and regression, ``mlm`` masked language modelling.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ class TemperatureOptions:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
+def _f32(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in float32 (losses reduce in float32 whatever dtype the models run in)."""
+    return value.float()
+
+
 def _pairs(inputs: LossInputs, layers: tuple[int, ...] | None) -> list[tuple[int, int]]:
     pairs = list(inputs.mapping.pairs)
     return pairs if layers is None else [(s, t) for s, t in pairs if s in layers]
@@ -76,7 +88,7 @@ class EmbeddingMSE(compresskit.Loss):
     requires = frozenset({"hidden_states"})
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        return F.mse_loss(_hidden(inputs.student)[0], _hidden(inputs.teacher)[0])
+        return F.mse_loss(_f32(_hidden(inputs.student)[0]), _f32(_hidden(inputs.teacher)[0]))
 
 
 class HiddenMSE(compresskit.Loss):
@@ -88,7 +100,7 @@ class HiddenMSE(compresskit.Loss):
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
         hs, ht = _hidden(inputs.student), _hidden(inputs.teacher)
-        terms = [F.mse_loss(hs[s], ht[t]) for s, t in _pairs(inputs, self.options.layers)]
+        terms = [F.mse_loss(_f32(hs[s]), _f32(ht[t])) for s, t in _pairs(inputs, self.options.layers)]
         return torch.stack(terms).sum()
 
 
@@ -104,7 +116,7 @@ class HiddenCosine(compresskit.Loss):
         mask = inputs.student.attention_mask
         terms = []
         for s, t in _pairs(inputs, self.options.layers):
-            distance = 1 - F.cosine_similarity(hs[s], ht[t], dim=-1)
+            distance = 1 - F.cosine_similarity(_f32(hs[s]), _f32(ht[t]), dim=-1)
             if mask is None:
                 terms.append(distance.mean())
             else:
@@ -129,8 +141,9 @@ class AttentionScoreMSE(compresskit.Loss):
         st = _need(inputs.teacher.attention_scores, "attention scores")
         terms = []
         for s, t in _pairs(inputs, self.options.layers):
-            keep = _padding_mask(inputs.student, ss[s - 1])
-            terms.append(F.mse_loss(ss[s - 1] * keep, st[t - 1] * keep))
+            student, teacher = _f32(ss[s - 1]), _f32(st[t - 1])
+            keep = _padding_mask(inputs.student, student)
+            terms.append(F.mse_loss(student * keep, teacher * keep))
         return torch.stack(terms).sum()
 
 
@@ -146,10 +159,11 @@ class AttentionKL(compresskit.Loss):
         st = _need(inputs.teacher.attention_scores, "attention scores")
         terms = []
         for s, t in _pairs(inputs, self.options.layers):
-            keep = _padding_mask(inputs.student, ss[s - 1])
-            key_bias = (1 - keep.amax(dim=-2, keepdim=True)) * torch.finfo(ss[s - 1].dtype).min
-            log_p_s = F.log_softmax(ss[s - 1] + key_bias, dim=-1)
-            log_p_t = F.log_softmax(st[t - 1] + key_bias, dim=-1)
+            student, teacher = _f32(ss[s - 1]), _f32(st[t - 1])
+            keep = _padding_mask(inputs.student, student)
+            key_bias = (1 - keep.amax(dim=-2, keepdim=True)) * torch.finfo(student.dtype).min
+            log_p_s = F.log_softmax(student + key_bias, dim=-1)
+            log_p_t = F.log_softmax(teacher + key_bias, dim=-1)
             kl = (log_p_t.exp() * (log_p_t - log_p_s)).masked_fill(keep == 0, 0).sum(-1)
             rows = keep.amax(dim=-1).expand_as(kl)
             terms.append(kl.sum() / rows.sum().clamp(min=1))
@@ -157,7 +171,23 @@ class AttentionKL(compresskit.Loss):
 
 
 def _logits(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    return _need(inputs.student.logits, "logits"), _need(inputs.teacher.logits, "logits")
+    return _f32(_need(inputs.student.logits, "logits")), _f32(_need(inputs.teacher.logits, "logits"))
+
+
+#: Problem types with a distribution over classes (or tokens, or positions) in the last logit axis.
+CATEGORICAL = frozenset({"single_label_classification", "question_answering", "language_modeling"})
+
+
+def _class_logits(inputs: LossInputs, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both logits for a softmax-based loss; one output column (a regression head) is an error."""
+    s, t = _logits(inputs)
+    if s.shape[-1] < 2:
+        raise ConfigError(
+            f"loss {loss!r} takes a softmax over the last logit axis, but the logits have "
+            f"{s.shape[-1]} column (a regression head): the loss would be 0 with zero gradient. "
+            "Use 'logit_mse' for logit KD on a regression task."
+        )
+    return s, t
 
 
 class LogitSoftCE(compresskit.Loss):
@@ -166,9 +196,10 @@ class LogitSoftCE(compresskit.Loss):
     name = "logit_soft_ce"
     Options = TemperatureOptions
     requires = frozenset({"logits"})
+    problem_types = CATEGORICAL
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        s, t = _logits(inputs)
+        s, t = _class_logits(inputs, self.name)
         temp = self.options.temperature
         return -(F.softmax(t / temp, dim=-1) * F.log_softmax(s / temp, dim=-1)).sum(-1).mean()
 
@@ -179,9 +210,10 @@ class LogitKL(compresskit.Loss):
     name = "logit_kl"
     Options = TemperatureOptions
     requires = frozenset({"logits"})
+    problem_types = CATEGORICAL
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        s, t = _logits(inputs)
+        s, t = _class_logits(inputs, self.name)
         temp = self.options.temperature
         log_p_t = F.log_softmax(t / temp, dim=-1)
         kl = (log_p_t.exp() * (log_p_t - F.log_softmax(s / temp, dim=-1))).sum(-1).mean()
@@ -189,7 +221,7 @@ class LogitKL(compresskit.Loss):
 
 
 class LogitMSE(compresskit.Loss):
-    """MSE(z^S, z^T) on the logits (regression tasks such as STS-B)."""
+    """MSE(z^S, z^T) on the logits: logit KD for regression (STS-B), usable for classification too."""
 
     name = "logit_mse"
     Options = WeightOptions
@@ -213,9 +245,11 @@ class TaskLoss(compresskit.Loss):
     Options = TaskOptions
     requires = frozenset({"logits", "labels"})
     needs_teacher = False
+    problem_types = frozenset({"single_label_classification", "regression"})
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        logits, labels = _need(inputs.student.logits, "logits"), _need(inputs.batch.get("labels"), "labels")
+        logits = _f32(_need(inputs.student.logits, "logits"))
+        labels = _need(inputs.batch.get("labels"), "labels")
         kind = self.options.problem_type
         if kind == "regression" or (kind == "auto" and logits.shape[-1] == 1):
             return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
@@ -229,9 +263,11 @@ class MLMLoss(compresskit.Loss):
     Options = WeightOptions
     requires = frozenset({"logits", "labels"})
     needs_teacher = False
+    problem_types = frozenset({"language_modeling"})
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        logits, labels = _need(inputs.student.logits, "logits"), _need(inputs.batch.get("labels"), "labels")
+        logits = _f32(_need(inputs.student.logits, "logits"))
+        labels = _need(inputs.batch.get("labels"), "labels")
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 

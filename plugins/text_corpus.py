@@ -117,6 +117,7 @@ class TextCorpusTask(Task):
         seed: int = 42,
         max_length: int | None = None,
         limit: int | None = None,
+        group_by_length: bool = False,
     ) -> Any:
         """Batches of blocks (``max_length`` overrides ``block_size``); MLM ``labels`` when masking."""
 
@@ -127,7 +128,14 @@ class TextCorpusTask(Task):
             if probability > 0
             else PaddingCollator(tokenizer)
         )
-        return list_dataloader(blocks, collate, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return list_dataloader(
+            blocks,
+            collate,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            group_by_length=group_by_length,
+        )
 
     def evaluate(
         self,

@@ -88,7 +88,12 @@ def distill_saved(args: argparse.Namespace, context: CommandContext) -> dict[str
     for stage in stages:
         source = task if stage.data != "stage1" else create_task(registry, "text", args.text_options)
         data[stage.data] = source.dataloader(
-            "train", tokenizer, batch_size=args.batch_size, shuffle=True, max_length=args.max_length
+            "train",
+            tokenizer,
+            batch_size=args.batch_size,
+            shuffle=True,
+            max_length=args.max_length,
+            group_by_length=True,
         )
         if stage.teacher == "pretrained":
             from transformers import AutoModel

@@ -114,6 +114,7 @@ def finetune(
         shuffle=True,
         seed=config.seed,
         max_length=max_length,
+        group_by_length=True,
     )
 
     def evaluate(trained: Any) -> dict[str, float]:

@@ -22,7 +22,7 @@ from compresskit.capture import (
     model_outputs,
     restore_attention,
 )
-from compresskit.distillation import DistillationOutputs, LayerMapping, Loss, LossInputs
+from compresskit.distillation import DistillationOutputs, LayerMapping, Loss, LossInputs, problem_type_of
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 
@@ -133,6 +133,9 @@ def plan_losses(
     scores = any("attention_scores" in loss.requires for loss in losses)
     models = {"student": student, "teacher": teacher}
     parts = {role: find_encoder_parts(model) for role, model in models.items()}
+    problem_type = problem_type_of(student)
+    for loss in losses:
+        loss.check_problem_type(problem_type, where=f"{where}.losses")
     previous = [(model, enable_score_capture(model)) for model in models.values()] if scores else []
     for loss in losses:
         loss.check(available_outputs(student, scores=scores), model="student", where=f"{where}.losses")

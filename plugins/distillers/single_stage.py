@@ -7,7 +7,6 @@ Both train the student against one teacher (``teachers["finetuned"]`` by default
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,19 @@ from torch import nn
 import compresskit
 from compresskit.registry import Registry
 
-from .stage import StageOptions, run_stage
+from .stage import StageOptions, run_stage, with_default_losses
 
 
 class SingleStageDistiller(compresskit.Distiller):
     """A distiller of one stage whose options are a :class:`StageOptions`."""
+
+    def default_losses(self, problem_type: str | None) -> dict[str, Any]:
+        """The losses used when the options name none, for a student of ``problem_type``."""
+        raise NotImplementedError(f"distiller {self.name!r} does not implement default_losses()")
+
+    def stages(self, problem_type: str | None = None) -> dict[str, StageOptions]:
+        """The one stage, ``"train"``, with default losses for a student of ``problem_type``."""
+        return {"train": with_default_losses(self.options, self.default_losses(problem_type))}
 
     def distill(
         self,
@@ -36,7 +43,7 @@ class SingleStageDistiller(compresskit.Distiller):
         result = run_stage(
             name="train",
             distiller=self.name,
-            stage=self.options,
+            stage=self.stages(compresskit.problem_type_of(student))["train"],
             student=student,
             teachers=teachers,
             data=data,
@@ -48,37 +55,30 @@ class SingleStageDistiller(compresskit.Distiller):
         return {"train": result}
 
 
-def _hinton() -> dict[str, Any]:
-    return {"logit_kl": {"weight": 0.5, "temperature": 2.0}, "task": {"weight": 0.5}}
-
-
-@dataclass(frozen=True)
-class LogitsKDOptions(StageOptions):
-    """Default: 0.5·T²·KL(p_T ‖ p_S) at T = 2 + 0.5·cross-entropy on the labels."""
-
-    losses: dict[str, Any] = field(default_factory=_hinton)
-
-
 class LogitsKD(SingleStageDistiller):
-    """Hinton KD on the output logits, plus the task loss."""
+    """Hinton KD on the output logits, plus the task loss.
+
+    Default losses: 0.5·T²·KL(p_T ‖ p_S) at T = 2 + 0.5·cross-entropy on the labels (Hinton et al.
+    2015); for a regression head 0.5·MSE on the output + 0.5·MSE on the labels.
+    """
 
     name = "logits_kd"
-    Options = LogitsKDOptions
+    Options = StageOptions
 
-
-def _intermediate() -> dict[str, Any]:
-    return {"embedding_mse": 1.0, "attention_score_mse": 1.0, "hidden_mse": 1.0}
-
-
-@dataclass(frozen=True)
-class IntermediateKDOptions(StageOptions):
-    """Default: embedding, attention-score and hidden-state MSE (KroneckerBERT stage-1 losses)."""
-
-    losses: dict[str, Any] = field(default_factory=_intermediate)
+    def default_losses(self, problem_type: str | None) -> dict[str, Any]:
+        if problem_type == "regression":
+            return {"logit_mse": {"weight": 0.5}, "task": {"weight": 0.5}}
+        return {"logit_kl": {"weight": 0.5, "temperature": 2.0}, "task": {"weight": 0.5}}
 
 
 class IntermediateKD(SingleStageDistiller):
-    """Intermediate-layer KD only (no logits, no labels): usable with a headless teacher."""
+    """Intermediate-layer KD only (no logits, no labels): usable with a headless teacher.
+
+    Default losses: embedding, attention-score and hidden-state MSE (KroneckerBERT stage-1 losses).
+    """
 
     name = "intermediate_kd"
-    Options = IntermediateKDOptions
+    Options = StageOptions
+
+    def default_losses(self, problem_type: str | None) -> dict[str, Any]:
+        return {"embedding_mse": 1.0, "attention_score_mse": 1.0, "hidden_mse": 1.0}

@@ -34,13 +34,15 @@ from .common import (
 class StageOptions:
     """Options of one stage (a ``[steps.options.stage1]`` table, or a single-stage distiller's options).
 
-    ``losses`` maps loss names to a weight or to a table of that loss's options; ``teacher`` and
+    ``losses`` maps loss names to a weight or to a table of that loss's options (``None``: the
+    distiller's defaults for the student's problem type, e.g. logit MSE instead of a softmax-based logit
+    loss for a regression head); ``teacher`` and
     ``data`` name entries of the ``teachers`` and ``data`` mappings given to ``distill``; ``mapping`` is
     ``"auto"`` (one-to-one for equal depths, else uniform), ``"one_to_one"``, ``"uniform"`` or a list;
     ``training`` holds :class:`compresskit.training.TrainingConfig` fields.
     """
 
-    losses: dict[str, Any] = field(default_factory=dict)
+    losses: dict[str, Any] | None = None
     teacher: str = "finetuned"
     data: str = "train"
     training: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +56,11 @@ def parse_stage(values: Mapping[str, Any], defaults: StageOptions, where: str) -
     """``defaults`` updated by ``values`` (validated; ``losses`` replaces the default set as a whole)."""
     merged = {**dataclasses.asdict(defaults), **dict(values)}
     return parse_options(StageOptions, merged, where)
+
+
+def with_default_losses(stage: StageOptions, defaults: Mapping[str, Any]) -> StageOptions:
+    """``stage`` with ``defaults`` as its losses when it names none (``losses`` is ``None``)."""
+    return stage if stage.losses is not None else dataclasses.replace(stage, losses=dict(defaults))
 
 
 def training_config(stage: StageOptions, where: str) -> TrainingConfig:
@@ -90,7 +97,7 @@ def run_stage(
     teacher = pick(teachers, stage.teacher, "teacher", where)
     loader = pick(data, stage.data, "data", where)
     config = training_config(stage, where)
-    losses = build_losses(registry, stage.losses, f"{where}.losses")
+    losses = build_losses(registry, stage.losses or {}, f"{where}.losses")
     cache = stage.cache_teacher_outputs
     plan = plan_losses(student, teacher, losses, stage.mapping, cache=cache, where=where)
     try:
@@ -123,7 +130,7 @@ def _fingerprint(
     return {
         "distiller": distiller,
         "stage": name,
-        "losses": {k: v for k, v in stage.losses.items()},
+        "losses": dict(stage.losses or {}),
         "mapping": [list(p) for p in pairs],
         "teacher": model_fingerprint(teacher),
     }

@@ -5,8 +5,8 @@ weights — learns from the *pre-trained* teacher on general text with
 L = L_Embedding + L_Attention + L_FFN (Eq. 14 without the logit and label terms; MLM optional).
 Stage 2 (task KD): the prediction head (and pooler) are copied from the *fine-tuned* teacher (§3.7), then
 the student learns from that teacher on the task data with L = L_Embedding + L_Attention + L_FFN +
-L_Logit + L_Student. All weights default to 1 and L_Logit to soft cross-entropy at T = 1 (reference
-digest §4, q10–11).
+L_Logit + L_Student. All weights default to 1 and L_Logit to soft cross-entropy at T = 1 for a
+classifier, MSE on the output for a regression head such as STS-B (reference digest §4, q10–11).
 
 ``teachers`` must hold ``"pretrained"`` and ``"finetuned"``; ``data`` must hold ``"stage1"`` and
 ``"stage2"`` (names configurable per stage).
@@ -26,14 +26,18 @@ import compresskit
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 
-from .stage import StageOptions, parse_stage, pick, run_stage
+from .stage import StageOptions, parse_stage, pick, run_stage, with_default_losses
 
 INTERMEDIATE = {"embedding_mse": 1.0, "attention_score_mse": 1.0, "hidden_mse": 1.0}
 
 STAGE1_DEFAULTS = StageOptions(losses=dict(INTERMEDIATE), teacher="pretrained", data="stage1")
-STAGE2_DEFAULTS = StageOptions(
-    losses={**INTERMEDIATE, "logit_soft_ce": 1.0, "task": 1.0}, teacher="finetuned", data="stage2"
-)
+STAGE2_DEFAULTS = StageOptions(teacher="finetuned", data="stage2")
+
+
+def stage2_losses(problem_type: str | None) -> dict[str, float]:
+    """Eq. 14 in full: intermediate terms, logit KD (MSE for regression, else soft CE) and labels."""
+    logit = "logit_mse" if problem_type == "regression" else "logit_soft_ce"
+    return {**INTERMEDIATE, logit: 1.0, "task": 1.0}
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,14 @@ class TwoStageKD(compresskit.Distiller):
     name = "two_stage_kd"
     Options = TwoStageOptions
 
-    def stages(self) -> dict[str, StageOptions]:
-        """The validated options of each stage that will run, in order."""
+    def stages(self, problem_type: str | None = None) -> dict[str, StageOptions]:
+        """The validated options of each stage that will run, in order, with default losses for a
+        student of ``problem_type`` (``None``: a classifier)."""
         stages = {}
         if not self.options.skip_stage1:
             stages["stage1"] = parse_stage(self.options.stage1, STAGE1_DEFAULTS, f"{self.name}.stage1")
-        stages["stage2"] = parse_stage(self.options.stage2, STAGE2_DEFAULTS, f"{self.name}.stage2")
+        stage2 = parse_stage(self.options.stage2, STAGE2_DEFAULTS, f"{self.name}.stage2")
+        stages["stage2"] = with_default_losses(stage2, stage2_losses(problem_type))
         return stages
 
     def distill(
@@ -73,7 +79,7 @@ class TwoStageKD(compresskit.Distiller):
         registry: Registry | None = None,
     ) -> dict[str, Any]:
         registry = registry or Registry.from_plugins()
-        stages = self.stages()
+        stages = self.stages(compresskit.problem_type_of(student))
         for name, stage in stages.items():  # fail on a missing teacher or data before any training
             pick(teachers, stage.teacher, "teacher", f"{self.name}.{name}")
             pick(data, stage.data, "data", f"{self.name}.{name}")

@@ -114,6 +114,7 @@ class GlueTask(Task):
         seed: int = 42,
         max_length: int | None = None,
         limit: int | None = None,
+        group_by_length: bool = False,
     ) -> Any:
         import torch
 
@@ -121,7 +122,14 @@ class GlueTask(Task):
         collate = PaddingCollator(
             tokenizer, label_dtype=torch.float if self.spec.is_regression else torch.long
         )
-        return list_dataloader(features, collate, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return list_dataloader(
+            features,
+            collate,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            group_by_length=group_by_length,
+        )
 
     def evaluate(
         self,
@@ -134,7 +142,9 @@ class GlueTask(Task):
         limit: int | None = None,
         device: Any = None,
     ) -> dict[str, float]:
-        loader = self.dataloader(split, tokenizer, batch_size=batch_size, max_length=max_length, limit=limit)
+        loader = self.dataloader(  # longest first: GLUE metrics do not depend on the order
+            split, tokenizer, batch_size=batch_size, max_length=max_length, limit=limit, group_by_length=True
+        )
         logits = np.concatenate([t.numpy() for t in collect_outputs(model, loader, device=device)])
         references = np.concatenate([batch["labels"].numpy() for batch in loader])
         return self.compute_metrics(logits, references)

@@ -138,10 +138,18 @@ class SquadTask(Task):
         seed: int = 42,
         max_length: int | None = None,
         limit: int | None = None,
+        group_by_length: bool = False,
     ) -> Any:
         """Windows of ``split``: input ids, masks, ``start_positions`` and ``end_positions``."""
         _, features, _ = self.features(split, tokenizer, max_length=max_length, limit=limit)
-        return _loader(features, tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return _loader(
+            features,
+            tokenizer,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            group_by_length=group_by_length,
+        )
 
     def predict(self, model: Any, tokenizer: Any, split: str = "dev", *, batch_size: int = 64,
                 max_length: int | None = None, limit: int | None = None, device: Any = None
@@ -219,6 +227,13 @@ def _start_end(outputs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loader(features: list[dict[str, Any]], tokenizer: Any, *, batch_size: int, shuffle: bool = False,
-            seed: int = 42) -> Any:  # fmt: skip
+            seed: int = 42, group_by_length: bool = False) -> Any:  # fmt: skip
     collate = PaddingCollator(tokenizer, padding_side="right")
-    return list_dataloader(features, collate, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    return list_dataloader(
+        features,
+        collate,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        group_by_length=group_by_length,
+    )

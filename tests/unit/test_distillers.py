@@ -232,3 +232,59 @@ def test_distill_cli_on_a_saved_student(minilm_path: Path, tmp_path: Path, capsy
     assert printed["result"]["train"]["steps"] == 2
     assert 0.0 <= printed["dev"]["accuracy"] <= 1.0
     assert (tmp_path / "out" / "model" / "compression_plan.json").is_file()
+
+
+def regressor(seed: int) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(config().__class__(**{**config().to_dict(), "num_labels": 1}))
+
+
+def regression_loader() -> DataLoader:
+    rows = [{**row, "labels": float(row["labels"]) * 4.0} for row in loader().dataset]
+    return DataLoader(rows, batch_size=4, shuffle=False)
+
+
+def test_problem_type_of_reads_the_head() -> None:
+    import compresskit
+
+    assert compresskit.problem_type_of(regressor(0)) == "regression"
+    assert compresskit.problem_type_of(classifier(0)) == "single_label_classification"
+    assert compresskit.problem_type_of(BertModel(config())) is None
+
+
+@pytest.mark.parametrize("distiller", ["two_stage_kd", "logits_kd"])
+def test_default_logit_kd_of_a_regression_student_is_mse_and_trains(
+    registry: Registry, tmp_path: Path, distiller: str
+) -> None:
+    teacher, student = regressor(0), regressor(1)
+    with torch.no_grad():
+        teacher.classifier.bias.fill_(2.5)  # the teacher's outputs differ clearly from the student's
+    training = {**TRAIN, "max_steps": 8, "learning_rate": 1e-2}
+    if distiller == "two_stage_kd":
+        options: dict[str, Any] = {
+            "skip_stage1": True,
+            "copy_from_teacher": [],
+            "stage2": {"training": training},
+        }
+        data = {"stage2": regression_loader()}
+    else:
+        options, data = {"training": training}, {"train": regression_loader()}
+    result = registry.create("distiller", distiller, options).distill(
+        student, {"finetuned": teacher}, data, output_dir=tmp_path
+    )
+    stage = result["stage2" if distiller == "two_stage_kd" else "train"]
+    assert "logit_mse" in stage["losses"]
+    assert not {"logit_soft_ce", "logit_kl"} & set(stage["losses"])
+    first, last = first_last(stage, "logit_mse")
+    assert first > 0.1 and last < first
+
+
+def test_softmax_logit_loss_on_a_regression_student_fails_before_training(
+    registry: Registry, tmp_path: Path
+) -> None:
+    options = {"training": TRAIN, "losses": {"logit_kl": 1.0}}
+    with pytest.raises(ConfigError, match="'logit_kl' does not fit a regression model"):
+        registry.create("distiller", "logits_kd", options).distill(
+            regressor(1), {"finetuned": regressor(0)}, {"train": regression_loader()}, output_dir=tmp_path
+        )
+    assert not (tmp_path / "train").exists()

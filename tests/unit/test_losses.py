@@ -137,3 +137,55 @@ def test_bad_options(registry: Registry) -> None:
         make(registry, "logit_kl", temperature=0.0)
     with pytest.raises(ConfigError, match="Did you mean 'weight'"):
         make(registry, "hidden_mse", wieght=2.0)
+
+
+def test_losses_reduce_in_float32_under_half_precision(registry: Registry) -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(2, 4, 16, 16) * 170  # a squared-difference sum beyond float16's range
+    mask = torch.ones(2, 16, dtype=torch.long)
+    zero = torch.zeros_like(scores)
+    exact = run(
+        make(registry, "attention_score_mse"), scores_outputs(scores, mask), scores_outputs(zero, mask)
+    )
+    half = run(
+        make(registry, "attention_score_mse"),
+        scores_outputs(scores.half(), mask),
+        scores_outputs(zero.half(), mask),
+    )
+    assert exact > 1e4 and math.isfinite(half)
+    assert half == pytest.approx(exact, rel=1e-3)
+    hs = DistillationOutputs(hidden_states=(scores.half(), scores.half()))
+    ht = DistillationOutputs(hidden_states=(zero.half(), zero.half()))
+    value = make(registry, "hidden_mse")(LossInputs(hs, ht, {}, LayerMapping(((1, 1),))))
+    assert value.dtype == torch.float32 and math.isfinite(float(value))
+
+
+@pytest.mark.parametrize("name", ["logit_soft_ce", "logit_kl"])
+def test_softmax_logit_losses_refuse_a_regression_head(registry: Registry, name: str) -> None:
+    loss = make(registry, name)
+    with pytest.raises(ConfigError, match=r"does not fit a regression model.*logit_mse"):
+        loss.check_problem_type("regression", where="steps[1].options.stage2.losses")
+    loss.check_problem_type("single_label_classification")
+    one_column = DistillationOutputs(logits=torch.tensor([[0.3], [1.2]]))
+    with pytest.raises(ConfigError, match="1 column"):
+        run(loss, one_column, DistillationOutputs(logits=torch.tensor([[2.0], [-1.0]])))
+
+
+def test_logit_mse_and_task_loss_fit_regression(registry: Registry) -> None:
+    for name in ("logit_mse", "task", "hidden_mse", "attention_score_mse"):
+        make(registry, name).check_problem_type("regression")
+    with pytest.raises(ConfigError, match="'mlm' does not fit a regression model"):
+        make(registry, "mlm").check_problem_type("regression")
+    s = DistillationOutputs(logits=torch.tensor([[1.0], [3.0]]))
+    t = DistillationOutputs(logits=torch.tensor([[2.0], [1.0]]))
+    assert run(make(registry, "logit_mse"), s, t) == pytest.approx((1 + 4) / 2)
+
+
+def test_a_loss_declaring_an_unknown_problem_type_is_refused_at_class_creation() -> None:
+    import compresskit
+
+    with pytest.raises(TypeError, match="'ranking'"):
+
+        class Ranking(compresskit.Loss):
+            name = "ranking"
+            problem_types = frozenset({"ranking"})
