@@ -7,6 +7,7 @@ Everything here turns a user's ``[model]`` entry into Hugging Face objects, rais
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,6 +115,30 @@ def forward_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str
     else:
         accepted = set(parameters)
     return {key: value for key, value in batch.items() if key in accepted}
+
+
+def replace_head(source: torch.nn.Module, target: torch.nn.Module) -> list[str]:
+    """Give ``target`` the task head of ``source``: copies of every top-level child outside the base model.
+
+    The label set follows (``id2label``, ``label2id``, ``problem_type``), so a student saved with
+    another task's head (say 2 labels) becomes a student of ``source``'s task (say 1, for STS-B). Both
+    models must be the same transformers class family (same ``base_model_prefix``). Returns the names of
+    the replaced children.
+    """
+    prefix = getattr(target, "base_model_prefix", "")
+    if prefix != getattr(source, "base_model_prefix", None) or not hasattr(target, prefix):
+        raise ConfigError(
+            f"model.student: a {type(target).__name__} cannot take the head of a {type(source).__name__} "
+            "(different base models); start from a student of the teacher's architecture."
+        )
+    replaced = []
+    for name, module in source.named_children():
+        if name != prefix:
+            setattr(target, name, copy.deepcopy(module))
+            replaced.append(name)
+    for key in ("id2label", "label2id", "problem_type"):
+        setattr(target.config, key, copy.deepcopy(getattr(source.config, key)))
+    return replaced
 
 
 def copy_head(source: torch.nn.Module, target: torch.nn.Module) -> list[str]:

@@ -52,6 +52,8 @@ def preflight(strategy: Strategy, registry: Registry) -> Checked:
         finetuned = resolve_model_path(finetuned_given, "model.finetuned_teacher")
         load_hf_config(finetuned, "model.finetuned_teacher")
     teacher_is_finetuned = finetuned_given is not None or is_finetuned_for(config, task)
+    if strategy.model.student is not None:
+        check_student_folder(strategy.model.student)
     tokenizer_source = strategy.model.tokenizer or pretrained
     tokenizer = load_tokenizer(
         tokenizer_source, "model.tokenizer" if strategy.model.tokenizer else "model.teacher"
@@ -59,6 +61,16 @@ def preflight(strategy: Strategy, registry: Registry) -> Checked:
     check_task_files(task, strategy, needs_train=not teacher_is_finetuned)
     plans = plan_steps(strategy, registry, config, task)
     return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans)
+
+
+def check_student_folder(folder: str) -> None:
+    """``model.student`` must be a folder written by ``compresskit.save`` (or ``save_pretrained``)."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model.student: {folder!r} is not a saved model folder (no config.json there); give the "
+            "'model' folder of a finished run or a folder written by compresskit.save."
+        )
 
 
 def check_task_files(task: Any, strategy: Strategy, *, needs_train: bool) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from compresskit.config import step_as_mapping
 from compresskit.errors import ConfigError
-from compresskit.models import copy_head, forward_inputs, load_task_model
+from compresskit.models import copy_head, forward_inputs, load_task_model, replace_head
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 from compresskit.tracking import Tracker, flatten
@@ -108,8 +108,13 @@ def task_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, tor
 
 
 def initial_student(ctx: RunContext, teacher_dir: str) -> torch.nn.Module:
-    """The student before its first step: the fine-tuned teacher, or the pre-trained one with its head."""
+    """The student before its first step: a saved student (``model.student``) with the fine-tuned
+    teacher's head, the fine-tuned teacher, or the pre-trained one with the fine-tuned head."""
     finetuned = load_task_model(teacher_dir, ctx.task, where="model.finetuned_teacher")
+    if ctx.strategy.model.student is not None:
+        student = load_student(ctx.strategy.model.student)
+        replace_head(finetuned, student)
+        return student
     if ctx.strategy.model.student_init == "finetuned":
         return finetuned
     student = load_task_model(ctx.pretrained_path, ctx.task)

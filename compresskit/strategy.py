@@ -47,6 +47,10 @@ class ModelSpec:
     #: Which weights the student is decomposed from: the fine-tuned teacher, or the pre-trained
     #: teacher with the fine-tuned classifier head (KroneckerBERT §3.7 starts from the pre-trained model).
     student_init: Literal["finetuned", "pretrained"] = "finetuned"
+    #: A saved student folder (``compresskit.save``, e.g. a run's ``model``) to start from instead of the
+    #: teacher — typically a general-KD (stage-1) student shared by several tasks, as KroneckerBERT and
+    #: TinyBERT reuse one general student. Its task head is replaced by the fine-tuned teacher's.
+    student: str | None = None
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,30 @@ def test_chained_steps_decompose_distil_decompose_distil(
     }
     assert "Linear" not in kinds and len(kinds) == 2  # both steps' replacements survive save/load
     assert result.summary["student"]["params"] < result.summary["teacher"]["params"]
+
+
+def test_a_saved_student_starts_another_task_with_that_tasks_head(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """General KD once, task KD per task: a student saved by an SST-2 run starts an STS-B (regression) run."""
+    first = tiny_strategy(tiny_teacher, data_dir, tracking={"tracker": "none"})
+    general = Pipeline(first, output_dir=tmp_path / "general", progress=False).run()
+    data = tiny_strategy(tiny_teacher, data_dir, tracking={"tracker": "none"}).to_dict()
+    data["task"]["options"]["task"] = "stsb"
+    data["model"]["student"] = str(general.model_dir)
+    data["steps"] = [data["steps"][1]]  # distil only: the student is already compressed
+    result = Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "stsb", progress=False).run()
+
+    from compresskit.saving import load
+
+    student = load(result.model_dir)
+    assert student.config.problem_type == "regression" and student.classifier.out_features == 1
+    started_from = load(general.model_dir)
+    kinds = {type(m).__name__ for n, m in student.named_modules() if n.endswith("intermediate.dense")}
+    assert kinds == {type(started_from.bert.encoder.layer[0].intermediate.dense).__name__} != {"Linear"}
+    assert "pearson" in result.summary["student"]["metrics"]
+    assert result.summary["student"]["params"] < result.summary["teacher"]["params"]
+
+    data["model"]["student"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"model\.student: .*not a saved model folder"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "bad", progress=False).run()
