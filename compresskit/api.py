@@ -71,13 +71,16 @@ def distill(
     evaluate: Any = None,
     tracker: Tracker | None = None,
     registry: Registry | None = None,
+    seed: int = 42,
 ) -> dict[str, Any]:
     """Train ``student`` in place against ``teacher`` with a registered distiller.
 
     ``data`` maps the data names the distiller reads (two-stage KD: ``"stage1"``, ``"stage2"``;
     ``logits_kd``: ``"train"``) to data loaders. ``pretrained_teacher`` is stage 1's teacher in two-stage
-    KD (default: ``teacher``). Resumes from the checkpoints in ``output_dir``.
+    KD (default: ``teacher``). Resumes from the checkpoints in ``output_dir``. ``seed`` seeds what the
+    distiller builds before training (learned projections); the caller's random state is restored.
     """
+    from compresskit.seeding import seeded
     from compresskit.tracking import NullTracker
 
     registry = registry or Registry.from_plugins()
@@ -86,17 +89,18 @@ def distill(
         "finetuned": teacher,
         "pretrained": pretrained_teacher if pretrained_teacher is not None else teacher,
     }
-    return dict(
-        component.distill(
-            student,
-            teachers,
-            data,
-            output_dir=Path(output_dir),
-            evaluate=evaluate,
-            tracker=tracker or NullTracker(),
-            registry=registry,
+    with seeded(seed):
+        return dict(
+            component.distill(
+                student,
+                teachers,
+                data,
+                output_dir=Path(output_dir),
+                evaluate=evaluate,
+                tracker=tracker or NullTracker(),
+                registry=registry,
+            )
         )
-    )
 
 
 def evaluate(

@@ -31,6 +31,7 @@ from compresskit import stages
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 from compresskit.run_state import RunState, write_json_atomic
+from compresskit.seeding import seeded
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 from compresskit.summary import format_summary, summarize
 from compresskit.tracking import NullTracker, Tracker
@@ -175,7 +176,8 @@ class Pipeline:
             return done
         self.echo(f"[compresskit] {key}: running")
         start = time.perf_counter()
-        result = run()
+        with seeded(self.strategy.seed):  # what a stage builds (a new head, projections): seed only
+            result = run()
         seconds = time.perf_counter() - start
         state.complete(key, fingerprint, result, seconds)
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")

@@ -25,11 +25,13 @@ class CompressCommand(Command):
             action="store_true",
             help="save a plain dense transformers model (factors multiplied out)",
         )
+        parser.add_argument("--seed", type=int, default=42, help="seed of randomised SVDs (default 42)")
 
     def run(self, args: argparse.Namespace, context: CommandContext) -> int:
         import transformers
 
         from compresskit.saving import merge, save
+        from compresskit.seeding import seeded
         from compresskit.walker import decompose
 
         strategy = strategy_of(args)
@@ -39,7 +41,8 @@ class CompressCommand(Command):
         config = transformers.AutoConfig.from_pretrained(str(path))
         model: Any = model_class(config).from_pretrained(str(path))
         model.eval()
-        report = decompose(model, strategy, registry=context.registry)
+        with seeded(args.seed):  # randomised SVDs draw from the global generator
+            report = decompose(model, strategy, registry=context.registry)
         output = Path(args.output)
         if args.merge:
             merged: Any = merge(model)

@@ -63,9 +63,15 @@ class DistillCommand(Command):
         parser.add_argument("--batch-size", type=int, default=32, help="batch size of every loader")
         parser.add_argument("--max-length", type=int, help="maximum tokens per example")
         parser.add_argument("--output", required=True, help="folder for the distilled student")
+        parser.add_argument(
+            "--seed", type=int, default=42, help="seed of everything random before training (default 42)"
+        )
 
     def run(self, args: argparse.Namespace, context: CommandContext) -> int:
-        result = distill_saved(args, context)
+        from compresskit.seeding import seeded
+
+        with seeded(args.seed):  # learned projections and loaders are built before training seeds itself
+            result = distill_saved(args, context)
         print(json.dumps(result, indent=2, default=str))
         return 0
 

@@ -93,10 +93,30 @@ def finetune(
     """Fine-tune ``model_path`` (a folder, Hub id or ``"default"``) on ``task``; save it in ``output_dir``.
 
     Training checkpoints go to ``output_dir/work`` (an interrupted run resumes from them) and are
-    deleted once the model is saved, unless ``keep_checkpoints``.
+    deleted once the model is saved, unless ``keep_checkpoints``. Everything random (the new task head,
+    dropout, the data order) derives from ``config.seed``: the same arguments give the same model.
     """
-    import torch
+    from compresskit.seeding import seeded
 
+    with seeded(config.seed):
+        return _finetune(
+            model_path, task, output_dir, config, max_length=max_length, eval_split=eval_split,
+            eval_limit=eval_limit, tracker=tracker, keep_checkpoints=keep_checkpoints,
+        )  # fmt: skip
+
+
+def _finetune(
+    model_path: str,
+    task: Any,
+    output_dir: str | Path,
+    config: Any,
+    *,
+    max_length: int | None,
+    eval_split: str,
+    eval_limit: int | None,
+    tracker: Any,
+    keep_checkpoints: bool,
+) -> FinetuneResult:
     from compresskit.checkpoint import load_model
     from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
     from compresskit.stages import task_loss
@@ -105,7 +125,6 @@ def finetune(
     output = Path(output_dir)
     path = resolve_model_path(model_path, where="--model")
     tokenizer = load_tokenizer(path, where="--model")
-    torch.manual_seed(config.seed)  # the new task head is initialised here: make it reproducible
     model = load_task_model(path, task, where="--model")
     loader = task.dataloader(
         "train",
