@@ -176,6 +176,12 @@ class FinetuneCommand(Command):
         parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
         parser.add_argument("--max-length", type=int, help="maximum tokens per example (default: task's)")
         parser.add_argument("--eval-every", type=int, help="evaluate (and keep the best) every N steps")
+        parser.add_argument(
+            "--checkpoint-every",
+            type=int,
+            default=500,
+            help="write a resumable checkpoint every N optimizer steps (default 500)",
+        )
         parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev examples only")
         parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
         parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
@@ -191,6 +197,7 @@ class FinetuneCommand(Command):
         config = TrainingConfig(
             learning_rate=args.lr, num_epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, eval_every=args.eval_every, seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
             mixed_precision=args.mixed_precision, progress=not args.no_progress,
         )  # fmt: skip
         tracker = context.registry.create("tracker", args.tracker, where="--tracker")
