@@ -42,7 +42,7 @@ def summarize(
             "threads": latency.get("threads"),
             "flops": numbers.get("flops"),
         }
-    rows["student"]["flops"] = student_flops(state, rows["teacher"]["flops"], seq_len)
+    rows["student"]["flops"] = student_flops(Path(saved["path"]), rows["teacher"]["flops"], seq_len)
     rows["student"]["compression_factor"] = rows["teacher"]["params"] / max(rows["student"]["params"], 1)
     rows["teacher"]["compression_factor"] = 1.0
     summary = {
@@ -62,20 +62,22 @@ def summarize(
     return summary
 
 
-def student_flops(state: RunState, teacher_flops: int | None, tokens: int) -> int | None:
-    """Teacher FLOPs minus each replaced module's dense cost plus its compressed cost (all steps)."""
+def student_flops(model_dir: Path, teacher_flops: int | None, tokens: int) -> int | None:
+    """Teacher FLOPs minus each replaced module's dense cost plus its compressed cost.
+
+    Read from the student's own ``compression_plan.json``, which lists every plan applied to it — in
+    this run's decompose steps or before it, for a student started from a saved folder (``model.student``).
+    """
+    from compresskit.saving import PLAN_FILE
+
     if teacher_flops is None:
         return None
     total = float(teacher_flops)
-    for key in state.completed:
-        if not key.endswith(":decompose"):
-            continue
-        report_file = (state.get(key) or {}).get("result", {}).get("report")
-        if not report_file or not Path(report_file).is_file():
-            continue
-        report = json.loads(Path(report_file).read_text())
-        scale = tokens / float(report.get("tokens", tokens) or tokens)
-        totals = report.get("totals", {})
+    plan_file = model_dir / PLAN_FILE
+    plans = json.loads(plan_file.read_text()).get("plans", []) if plan_file.is_file() else []
+    for plan in plans:
+        scale = tokens / float(plan.get("tokens", tokens) or tokens)
+        totals = plan.get("totals", {})
         total += scale * (totals.get("flops_after", 0) - totals.get("flops_before", 0))
     return round(total)
 

@@ -227,6 +227,9 @@ def test_a_saved_student_starts_another_task_with_that_tasks_head(
     assert kinds == {type(started_from.bert.encoder.layer[0].intermediate.dense).__name__} != {"Linear"}
     assert "pearson" in result.summary["student"]["metrics"]
     assert result.summary["student"]["params"] < result.summary["teacher"]["params"]
+    # the compressed modules' FLOPs come from the student's own plan, not from this run's steps
+    saved = [run.summary["teacher"]["flops"] - run.summary["student"]["flops"] for run in (general, result)]
+    assert saved[0] == saved[1] > 0
 
     data["model"]["student"] = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"model\.student: .*not a saved model folder"):
