@@ -156,9 +156,10 @@ class Grid:
         return [f"{stage}.max_steps=2", "evaluation.limit=64", "measure.repeats=1"]
 
     def general(self, label: str, decompose: dict[str, Any]) -> Job:
-        """General KD of ``label``; the first task's teacher only lends the saved student its head."""
-        task = self.tasks[0]
-        sets = [f'model.finetuned_teacher="{self.teacher_dir(task)}"', f'task.options.task="{task}"']
+        """General KD of ``label``. It reads no task data and only the pre-trained teacher, so the
+        pre-trained model stands in for the fine-tuned one (no fine-tuning is run); the saved student's
+        head is untrained and task KD replaces it."""
+        sets = ['model.finetuned_teacher="default"', f'task.options.task="{self.tasks[0]}"']
         sets.append(f'name="general-{label}"')
         sets += [f"steps[0]={_inline(decompose)}"]
         return self.run_job(f"general-{label}", GENERAL, sets, self.general_dir(label), {"kind": "general"})
