@@ -29,6 +29,7 @@ import torch
 
 from compresskit import stages
 from compresskit.errors import ConfigError
+from compresskit.models import resolve_model_path
 from compresskit.registry import Registry
 from compresskit.run_state import RunState, write_json_atomic
 from compresskit.seeding import seeded
@@ -187,8 +188,8 @@ class Pipeline:
 
     def _teacher(self, ctx: stages.RunContext, already_finetuned: bool) -> dict[str, Any]:
         given = self.strategy.model.finetuned_teacher
-        if given is not None:
-            return {"path": given, "finetuned_here": False}
+        if given is not None:  # "default" and "~" resolved as the preflight resolved them
+            return {"path": resolve_model_path(given, "model.finetuned_teacher"), "finetuned_here": False}
         if already_finetuned:
             return {"path": ctx.pretrained_path, "finetuned_here": False}
         return stages.finetune_teacher(ctx, self.run_dir / "teacher")

@@ -234,3 +234,13 @@ def test_a_saved_student_starts_another_task_with_that_tasks_head(
     data["model"]["student"] = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"model\.student: .*not a saved model folder"):
         Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "bad", progress=False).run()
+
+
+def test_finetuned_teacher_default_is_resolved_like_the_preflight(tiny_teacher: Path, data_dir: Path) -> None:
+    from compresskit.defaults import default_teacher_path
+
+    strategy = tiny_strategy(
+        tiny_teacher, data_dir, model={"teacher": "default", "finetuned_teacher": "default"}
+    )
+    teacher = Pipeline(strategy)._teacher(None, already_finetuned=False)  # type: ignore[arg-type]
+    assert teacher == {"path": str(default_teacher_path()), "finetuned_here": False}
