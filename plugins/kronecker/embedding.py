@@ -6,13 +6,18 @@ A each scaling the same n-vector b, an O(d) lookup. With k = d/n,
     E[v, j·n + l] = Σ_r A_r[v, j]·b_r[l]     and so     (h·Eᵀ)[v] = Σ_r Σ_j A_r[v, j]·(H·b_rᵀ)[j]
 
 with H = h reshaped (k, n): the tied output projection (logits = h·Eᵀ) is one (k·R)-wide matmul
-against A, never building E (see :meth:`KroneckerEmbedding.project`).
+against A, never building E (see :meth:`KroneckerEmbedding.project`). Both the lookup's outer product
+with b and the projection's contraction with b are single GEMMs over all tokens (K = R and N = R), so
+their gradients are GEMMs too. In inference, measured dispatch (``paths.py``) may use the table E
+rebuilt once and cached instead; ``formulation`` pins ``"factored"`` or ``"dense"``.
 
 The R tables are stored side by side as one (v, R·k) lookup table, so ``padding_idx`` works exactly as in
 ``nn.Embedding``: that row gets no gradient (and, initialised from a zero row, stays a zero vector).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,7 @@ from torch import nn
 from compresskit import DecompositionError
 
 from .nearest import nearest_kronecker
+from .paths import EMBEDDING, TIED_HEAD, choose_simple, needs_grad, probe_generator, tracing
 from .shapes import check_terms
 
 
@@ -48,6 +54,9 @@ class KroneckerEmbedding(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.a = nn.Parameter(torch.empty(num_embeddings, num_terms * self.k, **factory))  # type: ignore[arg-type]
         self.b = nn.Parameter(torch.empty(num_terms, 1, n, **factory))  # type: ignore[arg-type]
+        #: ``"factored"`` or ``"dense"`` to always run that formulation, or None for measured dispatch.
+        self.formulation: str | None = None
+        self._dense_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         self.reset_parameters()
 
     @property
@@ -103,16 +112,79 @@ class KroneckerEmbedding(nn.Module):
         return self.a.reshape(self.num_embeddings, self.num_terms, self.k)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        training = needs_grad(self.a, self.b)
+        if self._formulation(EMBEDDING, ids, ids.numel(), training) == "dense":
+            return F.embedding(ids, self._table(training), self.padding_idx)
         rows = F.embedding(ids, self.a, self.padding_idx)  # (..., R·k)
-        rows = rows.reshape(*ids.shape, self.num_terms, self.k, 1)
-        vectors = (rows * self.b).sum(dim=-3)  # (..., k, n)
-        return vectors.reshape(*ids.shape, self.embedding_dim)
+        return self.expand_rows(rows).reshape(*ids.shape, self.embedding_dim)
 
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits h·Eᵀ (..., v) for hidden states (..., d), without building E (a tied output layer)."""
-        chunks = hidden.reshape(*hidden.shape[:-1], 1, self.k, self.n)
-        reduced = (chunks * self.b).sum(dim=-1)  # (..., R, k)
-        return reduced.reshape(*hidden.shape[:-1], self.num_terms * self.k) @ self.a.t()
+    def expand_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows (..., R·k) of A → token vectors (N·k, n) = Σ_r A_r[token, j]·b_r, one GEMM with K = R."""
+        tokens = rows.numel() // (self.num_terms * self.k)
+        grid = rows.reshape(tokens, self.num_terms, self.k).transpose(1, 2).reshape(tokens * self.k, -1)
+        return grid @ self.b.reshape(self.num_terms, self.n)
+
+    def project(self, hidden: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits h·Eᵀ (+ bias) (..., v) for hidden states (..., d), without building E (a tied output layer).
+
+        H (N·k, n)·[b_r]ᵀ gives (N, k, R) in one GEMM, then one GEMM against A (v, R·k).
+        """
+        tokens = hidden.numel() // self.embedding_dim
+        training = needs_grad(hidden, self.a, self.b, bias)
+        if self._formulation(TIED_HEAD, hidden, tokens, training) == "dense":
+            return F.linear(hidden, self._table(training), bias)
+        reduced = hidden.reshape(tokens * self.k, self.n) @ self.b.reshape(self.num_terms, self.n).t()
+        if self.num_terms > 1:
+            reduced = reduced.view(tokens, self.k, self.num_terms).transpose(1, 2)
+        logits = F.linear(reduced.reshape(tokens, self.num_terms * self.k), self.a, bias)
+        return logits.reshape(*hidden.shape[:-1], self.num_embeddings)
+
+    def _formulation(self, family: str, x: torch.Tensor, tokens: int, training: bool) -> str:
+        if self.formulation is not None:
+            return self.formulation
+        if tracing():
+            return "factored"
+        return choose_simple(
+            family,
+            f"v{self.num_embeddings} d{self.embedding_dim} n{self.n} R{self.num_terms}",
+            self.a,
+            tokens,
+            training,
+            lambda name: self._probe(family, name, tokens, training),
+        )
+
+    def _probe(self, family: str, name: str, tokens: int, training: bool) -> Callable[[], object]:
+        gen = probe_generator(self.a.device)
+        probe = KroneckerEmbedding(
+            self.num_embeddings,
+            self.embedding_dim,
+            self.n,
+            self.num_terms,
+            self.padding_idx,
+            device=self.a.device,
+            dtype=self.a.dtype,
+        )
+        probe.formulation = name
+        probe.requires_grad_(False)
+        count = min(tokens, 4096)
+        if family == EMBEDDING:
+            ids = torch.randint(0, self.num_embeddings, (count,), generator=gen, device=self.a.device)
+            return lambda: probe(ids)
+        hidden = torch.randn(
+            count, self.embedding_dim, generator=gen, device=self.a.device, dtype=self.a.dtype
+        )
+        return lambda: probe.project(hidden)
+
+    def _table(self, training: bool) -> torch.Tensor:
+        return self.dense_weight() if training or tracing() else self.cached_dense_weight()
+
+    @torch.no_grad()
+    def cached_dense_weight(self) -> torch.Tensor:
+        """E for inference, rebuilt only when a factor changed (in place, moved or reloaded)."""
+        key = (self.a._version, self.b._version, self.a.data_ptr(), self.b.data_ptr())
+        if self._dense_cache is None or self._dense_cache[0] != key:
+            self._dense_cache = (key, self.dense_weight())
+        return self._dense_cache[1]
 
     def dense_weight(self) -> torch.Tensor:
         """The (v, d) table Σ_r A_r⊗b_r."""
@@ -161,8 +233,7 @@ class KroneckerTiedHead(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.embedding.project(hidden)
-        return logits + self.bias if self.bias is not None else logits
+        return self.embedding.project(hidden, self.bias)
 
     def dense_weight(self) -> torch.Tensor:
         """The (v, d) weight, equal to the embedding table."""

@@ -5,11 +5,10 @@ A[i, j]·B[k, l]) and X the input reshaped row-major to (n1, n2), the output res
 
     Y = Σ_r A_r · X · B_rᵀ     (the row-major form of Eq. 6)
 
-evaluated in the cheaper of the two association orders of Eq. 7: ``"b_first"`` computes X·Bᵀ then A·(…),
-``"a_first"`` computes A·X then (…)·Bᵀ. The factors are stacked, a (R, m1, n1) and b (R, m2, n2), and
-the product with A is either one GEMM over all tokens (``path="gemm"``, when A is the larger factor: a
-per-token batch of 384×384 products, as in KB8's attention, was 6× slower on CPU) or a per-token batched
-product (``path="broadcast"``, when A is small: it avoids two transposing copies).
+``order`` is the cheaper of the two association orders of Eq. 7 (``"b_first"``: X·Bᵀ then A·(…);
+``"a_first"``: A·X then (…)·Bᵀ). How the products are carried out (one GEMM over all tokens or a batched
+product per token, or a dense weight) is chosen per call among exact formulations with their own backward
+(``kernels.py``) by measured dispatch (``paths.py``); ``formulation`` pins one for this layer.
 """
 
 from __future__ import annotations
@@ -17,15 +16,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compresskit import dense_bias, dense_weight, linear_shape
 
+from .kernels import kronecker_linear
 from .nearest import SvdBackend, kron_sum, nearest_kronecker
+from .paths import choose_linear, needs_grad, static_formulation, tracing
 from .shapes import Shape, check_terms, resolve_shapes, term_flops
 
 Order = Literal["a_first", "b_first"]
-Path = Literal["gemm", "broadcast"]
 
 
 def cheaper_order(a_shape: Shape, b_shape: Shape) -> Order:
@@ -54,10 +55,9 @@ class KroneckerLinear(nn.Module):
         self.in_features = self.a_shape[1] * self.b_shape[1]
         self.out_features = self.a_shape[0] * self.b_shape[0]
         self.order: Order = cheaper_order(self.a_shape, self.b_shape)
-        #: "gemm" multiplies by A with one GEMM over all tokens (a large A), "broadcast" per token.
-        self.path: Path = (
-            "gemm" if self.a_shape[0] * self.a_shape[1] > self.b_shape[0] * self.b_shape[1] else "broadcast"
-        )
+        #: A formulation name from ``kernels.FORMULATIONS`` to always run, or None for measured dispatch.
+        self.formulation: str | None = None
+        self._dense_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         factory = {"device": device, "dtype": dtype}
         self.a = nn.Parameter(torch.empty(num_terms, *self.a_shape, **factory))  # type: ignore[arg-type]
         self.b = nn.Parameter(torch.empty(num_terms, *self.b_shape, **factory))  # type: ignore[arg-type]
@@ -107,44 +107,31 @@ class KroneckerLinear(nn.Module):
             self.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, tokens = x.shape[:-1], x.reshape(-1, self.in_features).shape[0]
-        grid = x.reshape(tokens, *self.grid_shape)  # X: (N, n1, n2)
-        if self.path == "broadcast":
-            out = self._broadcast(grid)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        training = needs_grad(x2, self.a, self.b, self.bias)
+        name = self.formulation or (
+            static_formulation(self.a_shape, self.b_shape, self.num_terms)
+            if tracing()
+            else choose_linear(self.a, self.b, self.bias, x2, training)
+        )
+        if name == "dense" and not training and not tracing():
+            y = F.linear(x2, self.cached_dense_weight(), self.bias)
         else:
-            out = self._b_first(grid) if self.order == "b_first" else self._a_first(grid)
-        out = out.reshape(*lead, self.out_features)
-        return out + self.bias if self.bias is not None else out
+            y = kronecker_linear(x2, self.a, self.b, self.bias, name)
+        return y.reshape(*lead, self.out_features)
 
     @property
     def grid_shape(self) -> Shape:
         return (self.a_shape[1], self.b_shape[1])
 
-    def _broadcast(self, grid: torch.Tensor) -> torch.Tensor:
-        """Y = Σ_r A_r·X·B_rᵀ with A_r broadcast over the tokens (N small products; best for a small A)."""
-        grid = grid.unsqueeze(1)  # (N, 1, n1, n2), broadcast over the R terms
-        if self.order == "b_first":
-            y = self.a @ (grid @ self.b.transpose(1, 2))  # (R,m1,n1)@(N,R,n1,m2) -> (N,R,m1,m2)
-        else:
-            y = (self.a @ grid) @ self.b.transpose(1, 2)  # (N,R,m1,n2)@(R,n2,m2) -> (N,R,m1,m2)
-        return y.sum(dim=1) if self.num_terms > 1 else y.squeeze(1)
-
-    def _b_first(self, grid: torch.Tensor) -> torch.Tensor:
-        """Y = Σ_r A_r·(X·B_rᵀ), as two large GEMMs (all tokens at once) instead of N small ones."""
-        (m1, n1), (m2, n2), terms = self.a_shape, self.b_shape, self.num_terms
-        tokens = grid.shape[0]
-        right = grid.reshape(tokens * n1, n2) @ self.b.reshape(terms * m2, n2).t()  # (N·n1, R·m2)
-        right = right.reshape(tokens, n1, terms, m2).permute(2, 1, 0, 3).reshape(terms, n1, tokens * m2)
-        y = (self.a @ right).sum(dim=0)  # (m1, N·m2)
-        return y.reshape(m1, tokens, m2).permute(1, 0, 2)
-
-    def _a_first(self, grid: torch.Tensor) -> torch.Tensor:
-        """Y = Σ_r (A_r·X)·B_rᵀ, as two large GEMMs."""
-        (m1, n1), (_, n2), terms = self.a_shape, self.b_shape, self.num_terms
-        tokens = grid.shape[0]
-        left = self.a.reshape(terms * m1, n1) @ grid.permute(1, 0, 2).reshape(n1, tokens * n2)
-        left = left.reshape(terms, m1, tokens, n2).permute(0, 2, 1, 3).reshape(terms, tokens * m1, n2)
-        return (left @ self.b.transpose(1, 2)).sum(dim=0)  # (N·m1, m2)
+    @torch.no_grad()
+    def cached_dense_weight(self) -> torch.Tensor:
+        """W for inference, rebuilt only when a factor changed (in place, moved or reloaded)."""
+        key = (self.a._version, self.b._version, self.a.data_ptr(), self.b.data_ptr())
+        if self._dense_cache is None or self._dense_cache[0] != key:
+            self._dense_cache = (key, kron_sum(self.a, self.b))
+        return self._dense_cache[1]
 
     def dense_weight(self) -> torch.Tensor:
         """W = Σ_r A_r⊗B_r in ``nn.Linear`` (out, in) layout."""
@@ -168,6 +155,6 @@ class KroneckerLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, a_shape={self.a_shape}, "
-            f"b_shape={self.b_shape}, num_terms={self.num_terms}, order={self.order}, path={self.path}, "
+            f"b_shape={self.b_shape}, num_terms={self.num_terms}, order={self.order}, "
             f"bias={self.bias is not None}"
         )
