@@ -37,14 +37,10 @@ from compresskit import (
     hookimpl,
     linear_shape,
 )
+from compresskit.linalg import all_finite, top_singular_triplets
 
 #: Rank as a fraction of min(m, n) when no rank option is given.
 DEFAULT_RANK_RATIO = 0.25
-
-#: "auto" uses a partial (ARPACK) SVD when the rank is at most this fraction of min(m, n) ...
-PARTIAL_SVD_MAX_FRACTION = 0.25
-#: ... and the matrix is at least this large in its smaller dimension.
-PARTIAL_SVD_MIN_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,8 @@ class LowRankOptions:
     - ``param_ratio``: fraction of the dense weight's parameters to keep (0.25 = 4× smaller); the
       largest r with r·(m + n) ≤ param_ratio·m·n is used, capped at min(m, n).
     - ``svd``: ``"torch"`` (full ``torch.linalg.svd``), ``"scipy"`` (partial ARPACK ``svds``) or
-      ``"auto"`` (partial when r ≪ min(m, n) on a large matrix, else full).
+      ``"auto"`` (``compresskit.linalg.top_singular_triplets``: a Gram eigendecomposition for a short
+      side, the randomized range finder for r ≪ min(m, n), else the full SVD).
 
     With none of the three, r = round(0.25 · min(m, n)).
     """
@@ -148,13 +145,12 @@ def truncated_svd(
     """``(U_r, σ_r, V_rᵀ)`` of ``weight`` in float32 (float64 if given), singular values descending.
 
     ``method="scipy"`` computes only the r leading triplets (ARPACK); it needs r < min(m, n) and
-    falls back to the full SVD otherwise.
+    falls back to the full SVD otherwise. ``"auto"``: see :class:`LowRankOptions`.
     """
     work = weight.detach().to(torch.float64 if weight.dtype == torch.float64 else torch.float32)
     smallest = min(work.shape)
-    if method == "auto":  # ARPACK runs on the CPU: on an accelerator the full SVD stays on device
-        partial = smallest >= PARTIAL_SVD_MIN_DIM and rank <= PARTIAL_SVD_MAX_FRACTION * smallest
-        method = "scipy" if partial and work.device.type == "cpu" else "torch"
+    if method == "auto":
+        return top_singular_triplets(work, rank)
     if method == "scipy" and rank < smallest:
         return _scipy_svds(work, rank)
     u, s, vh = torch.linalg.svd(work, full_matrices=False)
@@ -180,7 +176,7 @@ def describe(module: nn.Module, name: str) -> str:
 
 def check_finite(weight: torch.Tensor, where: str) -> None:
     """Raise :class:`DecompositionError` if a materialised ``weight`` holds NaN or Inf."""
-    if weight.is_meta or bool(torch.isfinite(weight).all()):
+    if all_finite(weight):
         return
     bad = int((~torch.isfinite(weight)).sum())
     raise DecompositionError(

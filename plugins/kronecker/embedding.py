@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from compresskit import DecompositionError
 
@@ -88,17 +89,11 @@ class KroneckerEmbedding(nn.Module):
     ) -> KroneckerEmbedding:
         """A new layer approximating ``embedding`` by nearest-Kronecker SVD; the old one is not touched."""
         weight = embedding.weight
-        new = cls(
-            embedding.num_embeddings,
-            embedding.embedding_dim,
-            n,
-            num_terms,
-            embedding.padding_idx,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        if initialize:
-            new.load_dense(weight, svd=svd, where=name or "Embedding")
+        args = (embedding.num_embeddings, embedding.embedding_dim, n, num_terms, embedding.padding_idx)
+        if not initialize:
+            return cls(*args, device=weight.device, dtype=weight.dtype)
+        new = skip_init(cls, *args, device=weight.device, dtype=weight.dtype)  # the SVD sets every value
+        new.load_dense(weight, svd=svd, where=name or "Embedding")
         return new
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from compresskit import dense_bias, dense_weight, linear_shape
 
@@ -90,9 +91,11 @@ class KroneckerLinear(nn.Module):
         m, n = linear_shape(linear)
         a, b = resolve_shapes(m, n, a_shape, b_shape, where)
         weight, bias = dense_weight(linear), dense_bias(linear)
-        new = cls(a, b, num_terms, bias is not None, device=weight.device, dtype=weight.dtype)
-        if initialize:
-            new.load_dense(weight, bias, svd=svd, where=where)
+        if not initialize:
+            return cls(a, b, num_terms, bias is not None, device=weight.device, dtype=weight.dtype)
+        # skip_init: no random initialisation of factors that the SVD overwrites next
+        new = skip_init(cls, a, b, num_terms, bias is not None, device=weight.device, dtype=weight.dtype)
+        new.load_dense(weight, bias, svd=svd, where=where)
         return new
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ from compresskit import (
     dense_weight,
     linear_shape,
 )
+from compresskit.linalg import all_finite
 
 #: Fraction of the dense weight's parameters kept when neither ``rank`` nor ``param_ratio`` is given.
 DEFAULT_PARAM_RATIO = 0.25
@@ -75,7 +76,7 @@ def linear_dims(decomposition: Decomposition, module: nn.Module, where: str) -> 
 
 def check_finite(weight: torch.Tensor, where: str) -> None:
     """Raise :class:`DecompositionError` if a materialised weight holds NaN or Inf."""
-    if weight.is_meta or bool(torch.isfinite(weight).all()):
+    if all_finite(weight):
         return
     raise DecompositionError(
         f"{where}: the weight holds NaN/Inf values; a factorisation needs finite weights. "
