@@ -25,9 +25,10 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from compresskit import DecompositionError
+from compresskit.dispatch import WeightCache, needs_grad, probe_generator, tracing
 
 from .nearest import nearest_kronecker
-from .paths import EMBEDDING, TIED_HEAD, choose_simple, needs_grad, probe_generator, tracing
+from .paths import EMBEDDING, TIED_HEAD, choose_simple
 from .shapes import check_terms
 
 
@@ -57,7 +58,7 @@ class KroneckerEmbedding(nn.Module):
         self.b = nn.Parameter(torch.empty(num_terms, 1, n, **factory))  # type: ignore[arg-type]
         #: ``"factored"`` or ``"dense"`` to always run that formulation, or None for measured dispatch.
         self.formulation: str | None = None
-        self._dense_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._dense_cache = WeightCache()
         self.reset_parameters()
 
     @property
@@ -173,13 +174,9 @@ class KroneckerEmbedding(nn.Module):
     def _table(self, training: bool) -> torch.Tensor:
         return self.dense_weight() if training or tracing() else self.cached_dense_weight()
 
-    @torch.no_grad()
     def cached_dense_weight(self) -> torch.Tensor:
         """E for inference, rebuilt only when a factor changed (in place, moved or reloaded)."""
-        key = (self.a._version, self.b._version, self.a.data_ptr(), self.b.data_ptr())
-        if self._dense_cache is None or self._dense_cache[0] != key:
-            self._dense_cache = (key, self.dense_weight())
-        return self._dense_cache[1]
+        return self._dense_cache.get((self.a, self.b), self.dense_weight)
 
     def dense_weight(self) -> torch.Tensor:
         """The (v, d) table Σ_r A_r⊗b_r."""
