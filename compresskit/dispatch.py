@@ -307,6 +307,9 @@ class WeightCache:
         self._weight: torch.Tensor | None = None
 
     def get(self, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if any(t.is_inference() for t in sources):  # no version counter: an in-place change is invisible
+            with torch.no_grad():
+                return build()
         key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in sources)
         if self._weight is None or key != self._key:
             with torch.no_grad():
@@ -324,10 +327,11 @@ FACTORED_OR_DENSE = ("factored", "dense")
 class FactoredOrDense:
     """Mixin for a factorised linear layer: runs ``factored_forward`` or ``F.linear`` with ``dense_weight()``.
 
-    List it after the ``nn.Module`` base (its stubs must not shadow the layer's methods). The subclass sets ``dispatch_family`` (registered with :func:`register_family` under
-    :data:`FACTORED_OR_DENSE`), implements ``factored_forward(x2)`` for rows x2 (N, in_features) with the
-    bias added, ``dense_weight()`` (out, in) and ``dispatch_signature()``. In inference ``dense`` uses a
-    weight built once (:class:`WeightCache`); in training the dense weight is rebuilt each call and its
+    List it after the ``nn.Module`` base (its stubs must not shadow the layer's methods). The subclass
+    sets ``dispatch_family`` (registered with :func:`register_family` under :data:`FACTORED_OR_DENSE`),
+    implements ``factored_forward(x2)`` for rows x2 (N, in_features) with the bias added,
+    ``dense_weight()`` (out, in) and ``dispatch_signature()``. In inference ``dense`` uses a weight built
+    once (:class:`WeightCache`); in training the dense weight is rebuilt each call and its
     gradient flows back to the factors through autograd. ``formulation`` pins one of the two.
     """
 

@@ -128,6 +128,18 @@ class LowRankLinear(_LowRankBase, FactoredOrDense):
     def dispatch_signature(self) -> str:
         return f"{self.out_features}x{self.in_features} r{self.rank} bias{int(self.bias is not None)}"
 
+    def quantized_dynamic(self) -> nn.Module:
+        """Both thin products as int8 dynamic linear layers (``compresskit.quantize_dynamic``)."""
+        right = nn.Linear(self.in_features, self.rank, bias=False)
+        left = nn.Linear(self.rank, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            right.weight.copy_(self.right)
+            left.weight.copy_(self.left)
+            if self.bias is not None:
+                left.bias.copy_(self.bias)
+        pair = nn.Sequential(right, left).float().eval()
+        return torch.ao.quantization.quantize_dynamic(pair, {nn.Linear}, dtype=torch.qint8)
+
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding ``L·R`` and the bias."""
         weight = self.dense_weight().detach()

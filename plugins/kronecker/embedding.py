@@ -129,6 +129,10 @@ class KroneckerEmbedding(nn.Module):
         training = needs_grad(hidden, self.a, self.b, bias)
         if self._formulation(TIED_HEAD, hidden, tokens, training) == "dense":
             return F.linear(hidden, self._table(training), bias)
+        return self._project_factored(hidden, bias)
+
+    def _project_factored(self, hidden: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        tokens = hidden.numel() // self.embedding_dim
         reduced = hidden.reshape(tokens * self.k, self.n) @ self.b.reshape(self.num_terms, self.n).t()
         if self.num_terms > 1:
             reduced = reduced.view(tokens, self.k, self.num_terms).transpose(1, 2)
@@ -149,27 +153,23 @@ class KroneckerEmbedding(nn.Module):
             lambda name: self._probe(family, name, tokens, training),
         )
 
+    @torch.no_grad()
     def _probe(self, family: str, name: str, tokens: int, training: bool) -> Callable[[], object]:
+        """One inference call of ``name`` on random ids / hidden states (the dense table prebuilt)."""
         gen = probe_generator(self.a.device)
-        probe = KroneckerEmbedding(
-            self.num_embeddings,
-            self.embedding_dim,
-            self.n,
-            self.num_terms,
-            self.padding_idx,
-            device=self.a.device,
-            dtype=self.a.dtype,
-        )
-        probe.formulation = name
-        probe.requires_grad_(False)
         count = min(tokens, 4096)
+        table = self.dense_weight() if name == "dense" else None
         if family == EMBEDDING:
             ids = torch.randint(0, self.num_embeddings, (count,), generator=gen, device=self.a.device)
-            return lambda: probe(ids)
+            if table is not None:
+                return lambda: F.embedding(ids, table, self.padding_idx)
+            return lambda: self.expand_rows(F.embedding(ids, self.a, self.padding_idx))
         hidden = torch.randn(
             count, self.embedding_dim, generator=gen, device=self.a.device, dtype=self.a.dtype
         )
-        return lambda: probe.project(hidden)
+        if table is not None:
+            return lambda: F.linear(hidden, table)
+        return lambda: self._project_factored(hidden, None)
 
     def _table(self, training: bool) -> torch.Tensor:
         return self.dense_weight() if training or tracing() else self.cached_dense_weight()

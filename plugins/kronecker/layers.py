@@ -133,6 +133,12 @@ class KroneckerLinear(nn.Module):
         """W for inference, rebuilt only when a factor changed (in place, moved or reloaded)."""
         return self._dense_cache.get((self.a, self.b), self.dense_weight)
 
+    def quantized_dynamic(self) -> nn.Module:
+        """An inference-only copy whose large-factor GEMM runs in int8 (``compresskit.quantize_dynamic``)."""
+        from .quantized import QuantizedKroneckerLinear
+
+        return QuantizedKroneckerLinear(self)
+
     def dense_weight(self) -> torch.Tensor:
         """W = Σ_r A_r⊗B_r in ``nn.Linear`` (out, in) layout."""
         return kron_sum(self.a, self.b)

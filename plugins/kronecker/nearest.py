@@ -53,7 +53,7 @@ def rearrange(weight: torch.Tensor, a_shape: tuple[int, int], b_shape: tuple[int
     (m1, n1), (m2, n2) = a_shape, b_shape
     word = _WORDS.get(n2 * weight.element_size())
     if word is not None and n2 > 1 and weight.is_contiguous() and weight.device.type != "meta":
-        packed = weight.view(word).reshape(m1, m2, n1).permute(0, 2, 1).contiguous()
+        packed = weight.view(word).reshape(m1, m2, n1).permute(0, 2, 1).contiguous().reshape(-1)
         return packed.view(weight.dtype).reshape(m1 * n1, m2 * n2)
     return weight.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
 

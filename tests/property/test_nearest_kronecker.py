@@ -97,6 +97,7 @@ def test_every_backend_finds_the_dominant_terms(backend: str, size: tuple[int, i
     ("dtype", "a_shape", "b_shape"),
     [
         (torch.float32, (6, 5), (3, 2)),  # n2 = 2 floats: moved as one 8-byte word
+        (torch.float32, (6, 5), (1, 2)),  # m2 = 1: a size-1 axis after the permute
         (torch.float16, (6, 5), (3, 4)),  # 4 halves: one 8-byte word
         (torch.bfloat16, (4, 3), (2, 2)),  # 2 halves: one 4-byte word
         (torch.float64, (4, 3), (2, 1)),  # one double: plain permute
