@@ -89,6 +89,11 @@ def latency(args: argparse.Namespace, models: dict[str, Any], vocab: int) -> dic
     for threads in _ints(args.threads):
         torch.set_num_threads(threads)
         for batch in _ints(args.batches):
+            too_big = _does_not_fit(next(iter(models.values())), batch, args.seq_len)
+            if too_big:
+                print(f"  batch {batch}: {too_big}", flush=True)
+                table[f"b{batch}_t{threads}"] = {name: {"error": too_big} for name in models}
+                continue
             ids = torch.randint(
                 0, vocab, (batch, args.seq_len), generator=torch.Generator().manual_seed(batch)
             )
@@ -190,6 +195,30 @@ def _cuda_ms(model: Any, ids: torch.Tensor, rounds: int) -> float:
             model(input_ids=ids)
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / rounds * 1e3
+
+
+def _does_not_fit(model: Any, batch: int, seq_len: int) -> str | None:
+    """A message when one forward's activations (estimate) exceed 80% of the available memory."""
+    config = model.config
+    floats = batch * seq_len * (config.hidden_size * 12 + config.num_attention_heads * seq_len * 2)
+    need = floats * 4 * 2  # float32, two layers' worth alive at once
+    available = _available_bytes()
+    if available is not None and need > 0.8 * available:
+        return (
+            f"skipped: batch {batch} x {seq_len} tokens needs about {need / 1e9:.1f} GB of activations, "
+            f"{available / 1e9:.1f} GB available; lower --batches or --seq-len"
+        )
+    return None
+
+
+def _available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _copy(model: Any) -> Any:

@@ -13,6 +13,8 @@ batch by FBGEMM / oneDNN); the small factor's product stays in float (it is a fe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -32,7 +34,14 @@ def int8_linear(weight: torch.Tensor) -> DynamicLinear:
 class QuantizedKroneckerLinear(nn.Module):
     """Inference-only int8 version of a ``KroneckerLinear`` (see the module docstring)."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    a_int8: nn.ModuleList
+    b_int8: DynamicLinear
+    a_cat: torch.Tensor
+    a_rows: torch.Tensor
+    b: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, layer: Any) -> None:
         super().__init__()
         a, b = layer.a.detach().float(), layer.b.detach().float()
         self.terms, self.m1, self.n1 = (int(s) for s in a.shape)
@@ -70,6 +79,7 @@ class QuantizedKroneckerLinear(nn.Module):
     def _large_a(self, x2: torch.Tensor, tokens: int) -> torch.Tensor:
         tt = self.b.reshape(self.terms * self.m2, self.n2) @ x2.reshape(tokens * self.n1, self.n2).t()
         tt3 = tt.view(self.terms, self.m2 * tokens, self.n1)
-        y_t = sum(self.a_int8[r](tt3[r]) for r in range(self.terms))
-        assert isinstance(y_t, torch.Tensor)
+        y_t = self.a_int8[0](tt3[0])
+        for r in range(1, self.terms):
+            y_t = y_t + self.a_int8[r](tt3[r])
         return y_t.view(self.m2, tokens, self.m1).permute(1, 2, 0).reshape(tokens, self.out_features)
