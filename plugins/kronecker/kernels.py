@@ -158,11 +158,9 @@ def _b_first_gemm(
     for r in range(1, terms):
         y_t = y_t.addmm(tt3[r], a[r].t())
     y = y_t.view(m2, tokens, m1).permute(1, 2, 0)
-    out = torch.empty((tokens, m1, m2), dtype=y.dtype, device=y.device)  # token-major, whatever y's strides
-    if bias is None:
-        out.copy_(y)
-    else:
-        torch.add(y, bias.view(m1, m2), out=out)
+    out = y.clone(memory_format=torch.contiguous_format)  # token-major, whatever y's strides
+    if bias is not None:
+        out.add_(bias.view(m1, m2))
     return out.view(tokens, m1 * m2), tt3
 
 
@@ -344,9 +342,16 @@ def kronecker_linear(
 ) -> torch.Tensor:
     """y (N, m1·m2) for x2 (N, n1·n2) with the named formulation; custom backward when grads are needed."""
     forward, function = FORMULATIONS[formulation]
-    if not torch.is_grad_enabled() or not (
-        x2.requires_grad or a.requires_grad or b.requires_grad or (bias is not None and bias.requires_grad)
-    ):
+    if (
+        not torch.is_grad_enabled()
+        or not (
+            x2.requires_grad
+            or a.requires_grad
+            or b.requires_grad
+            or (bias is not None and bias.requires_grad)
+        )
+        or torch.is_autocast_enabled(x2.device.type)
+    ):  # no backward, or mixed precision: plain autograd of the same maths (autocast casts each op)
         return forward(x2, a, b, bias)
     if function is None:
         return dense_train(x2, a, b, bias)
