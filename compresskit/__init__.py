@@ -40,11 +40,13 @@ from compresskit.errors import (
     TrainingError,
     UnknownNameError,
 )
+from compresskit.export import export_onnx
 from compresskit.hookspecs import hookimpl, hookspec
 from compresskit.measure import LatencyResult, measure_model, size_on_disk_mb
 from compresskit.pipeline import CompressResult
 from compresskit.plugins import get_plugin_manager
 from compresskit.presets import Preset
+from compresskit.quantize import quantize_dynamic
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan, CompressionReport
 from compresskit.saving import load, merge, save
@@ -102,6 +104,7 @@ __all__ = [
     "dense_weight",
     "distill",
     "evaluate",
+    "export_onnx",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
@@ -112,6 +115,7 @@ __all__ = [
     "merge",
     "plan_compression",
     "problem_type_of",
+    "quantize_dynamic",
     "save",
     "size_on_disk_mb",
 ]

@@ -7,6 +7,7 @@ from compresskit.commands.compress import CompressCommand
 from compresskit.commands.demo import DemoCommand
 from compresskit.commands.distill import DistillCommand
 from compresskit.commands.evaluate import EvaluateCommand
+from compresskit.commands.export import ExportCommand
 from compresskit.commands.finetune import FinetuneCommand
 from compresskit.commands.inspect import InspectCommand
 from compresskit.commands.plugins import PluginsCommand
@@ -26,6 +27,7 @@ def compresskit_register_commands() -> list[type[Command]]:
         FinetuneCommand,
         EvaluateCommand,
         DistillCommand,
+        ExportCommand,
     ]
 
 

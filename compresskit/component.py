@@ -7,6 +7,7 @@ rejected with the dotted config path and a did-you-mean, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -49,12 +50,18 @@ def parse_options(options_type: type, values: dict[str, Any], where: str) -> Any
                 f"{where}.{key}: unknown option.{did_you_mean(key, fields)} "
                 f"Valid options: {', '.join(sorted(fields)) or 'none'}."
             )
-    hints = typing.get_type_hints(options_type)
+    hints = _type_hints(options_type)
     checked = {key: _check_type(f"{where}.{key}", value, hints[key]) for key, value in values.items()}
     try:
         return options_type(**checked)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+@functools.cache
+def _type_hints(options_type: type) -> dict[str, Any]:
+    """Resolved field types of an options class (cached: resolving them is slow, once per module built)."""
+    return typing.get_type_hints(options_type)
 
 
 def _check_type(path: str, value: Any, hint: Any) -> Any:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -158,7 +158,7 @@ def choose(
     forced = _forced(family)
     if forced is not None:
         return forced
-    if _mode() == "heuristic" or _tracing():
+    if _mode() == "heuristic" or tracing():
         return heuristic
     key = (family, signature, current)
     _load_cache_file()
@@ -236,10 +236,6 @@ def _check_forced(family: str, name: str, where: str) -> None:
         )
 
 
-def _tracing() -> bool:
-    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
-
-
 def _cache_path() -> Path | None:
     text = os.environ.get(ENV_CACHE, "").strip()
     return Path(text) if text else None
@@ -279,3 +275,132 @@ def _save_cache_file() -> None:
     tmp.write_text(json.dumps(entries, indent=1))
     tmp.replace(path)
     _STATE["loaded"] = str(path)
+
+
+# ---------------------------------------------------------------- helpers for layers
+
+
+def tracing() -> bool:
+    """True while torch.compile / export / ONNX export / TorchScript trace a model (nothing is timed)."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call records a backward (the ``training`` regime)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def probe_generator(device: torch.device) -> torch.Generator:
+    """A private generator for probe inputs, so probing never moves the global random state."""
+    return torch.Generator(device=device).manual_seed(0)
+
+
+class WeightCache:
+    """A dense weight rebuilt only when a tensor it is built from changed (in place, moved or reloaded).
+
+    Used in inference only: the cached tensor is built under ``no_grad``. It costs the memory of the
+    dense weight while it is held; :meth:`clear` drops it.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._weight: torch.Tensor | None = None
+
+    def get(self, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if any(t.is_inference() for t in sources):  # no version counter: an in-place change is invisible
+            with torch.no_grad():
+                return build()
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in sources)
+        if self._weight is None or key != self._key:
+            with torch.no_grad():
+                self._weight = build()
+            self._key = key
+        return self._weight
+
+    def clear(self) -> None:
+        self._key, self._weight = None, None
+
+
+FACTORED_OR_DENSE = ("factored", "dense")
+
+
+class FactoredOrDense:
+    """Mixin for a factorised linear layer: runs ``factored_forward`` or ``F.linear`` with ``dense_weight()``.
+
+    List it after the ``nn.Module`` base (its stubs must not shadow the layer's methods). The subclass
+    sets ``dispatch_family`` (registered with :func:`register_family` under :data:`FACTORED_OR_DENSE`),
+    implements ``factored_forward(x2)`` for rows x2 (N, in_features) with the bias added,
+    ``dense_weight()`` (out, in) and ``dispatch_signature()``. In inference ``dense`` uses a weight built
+    once (:class:`WeightCache`); in training the dense weight is rebuilt each call and its
+    gradient flows back to the factors through autograd. ``formulation`` pins one of the two.
+    """
+
+    dispatch_family: ClassVar[str] = ""
+    formulation: str | None = None
+
+    def factored_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dense_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dispatch_signature(self) -> str:
+        raise NotImplementedError
+
+    def dispatched_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y (..., out) for x (..., in), by the chosen formulation."""
+        module: Any = self
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        params = list(module.parameters())
+        training = needs_grad(x2, *params)
+        name = self.formulation or ("factored" if tracing() else self._choose(x2, training))
+        if name == "dense":
+            weight = self.dense_weight() if training or tracing() else self._cached_weight(params)
+            y = torch.nn.functional.linear(x2, weight.to(x2.dtype), module.bias)
+        else:
+            y = self.factored_forward(x2)
+        return y.reshape(*lead, y.shape[-1])
+
+    def _cached_weight(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        cache = self.__dict__.get("_weight_cache")
+        if cache is None:
+            cache = self.__dict__["_weight_cache"] = WeightCache()
+        return cache.get(params, self.dense_weight)
+
+    def _choose(self, x2: torch.Tensor, training: bool) -> str:
+        current = regime(x2.shape[0], x2.dtype, x2.device, training)
+        rows = min(int(x2.shape[0]), PROBE_MAX_TOKENS)
+
+        def probe(name: str) -> Callable[[], object]:
+            return _module_probe(self, name, rows, x2, training)
+
+        return choose(
+            self.dispatch_family, self.dispatch_signature(), current, "factored", FACTORED_OR_DENSE, probe
+        )
+
+
+def _module_probe(
+    layer: Any, name: str, rows: int, like: torch.Tensor, training: bool
+) -> Callable[[], object]:
+    """One call of ``name`` on a private copy of ``layer`` (its gradients never reach the real parameters)."""
+    import copy
+
+    twin = copy.deepcopy(layer)
+    twin.formulation = name
+    twin.__dict__.pop("_weight_cache", None)
+    x = torch.randn(
+        rows, like.shape[-1], generator=probe_generator(like.device), dtype=like.dtype, device=like.device
+    )
+    if not training:
+        twin.requires_grad_(False)
+        return lambda: twin(x)
+    x.requires_grad_(True)
+
+    def step() -> None:
+        with torch.enable_grad():
+            twin(x).sum().backward()
+        twin.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return step

@@ -50,6 +50,15 @@ def save(model: nn.Module, directory: str | Path) -> Path:
 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    from compresskit.quantize import is_quantized
+
+    if is_quantized(model):
+        raise CheckpointError(
+            f"cannot save {type(model).__name__} to {folder}: it is dynamically quantised (int8 packed "
+            "weights, which safetensors cannot store). Save the float model with compresskit.save and call "
+            "compresskit.quantize_dynamic after compresskit.load, or export it with "
+            "`compresskit export --quantize int8`."
+        )
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_json_string"):
         raise CheckpointError(

@@ -17,7 +17,7 @@ At ``r = min(m, n)`` the factorisation is exact (see :meth:`LowRank.lossless_opt
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,14 +37,26 @@ from compresskit import (
     hookimpl,
     linear_shape,
 )
+from compresskit.dispatch import (
+    FACTORED_OR_DENSE,
+    PROBE_MAX_TOKENS,
+    FactoredOrDense,
+    WeightCache,
+    choose,
+    needs_grad,
+    probe_generator,
+    regime,
+    register_family,
+    tracing,
+)
+from compresskit.linalg import all_finite, top_singular_triplets
+
+LINEAR_FAMILY, EMBEDDING_FAMILY = "low_rank_linear", "low_rank_embedding"
+register_family(LINEAR_FAMILY, FACTORED_OR_DENSE)
+register_family(EMBEDDING_FAMILY, FACTORED_OR_DENSE)
 
 #: Rank as a fraction of min(m, n) when no rank option is given.
 DEFAULT_RANK_RATIO = 0.25
-
-#: "auto" uses a partial (ARPACK) SVD when the rank is at most this fraction of min(m, n) ...
-PARTIAL_SVD_MAX_FRACTION = 0.25
-#: ... and the matrix is at least this large in its smaller dimension.
-PARTIAL_SVD_MIN_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,8 @@ class LowRankOptions:
     - ``param_ratio``: fraction of the dense weight's parameters to keep (0.25 = 4× smaller); the
       largest r with r·(m + n) ≤ param_ratio·m·n is used, capped at min(m, n).
     - ``svd``: ``"torch"`` (full ``torch.linalg.svd``), ``"scipy"`` (partial ARPACK ``svds``) or
-      ``"auto"`` (partial when r ≪ min(m, n) on a large matrix, else full).
+      ``"auto"`` (``compresskit.linalg.top_singular_triplets``: a Gram eigendecomposition for a short
+      side, the randomized range finder for r ≪ min(m, n), else the full SVD).
 
     With none of the three, r = round(0.25 · min(m, n)).
     """
@@ -92,8 +105,14 @@ class _LowRankBase(nn.Module):
         return self.left @ self.right
 
 
-class LowRankLinear(_LowRankBase):
-    """``y = (x Rᵀ) Lᵀ + b`` with L (out×r) and R (r×in): a rank-r linear layer."""
+class LowRankLinear(_LowRankBase, FactoredOrDense):
+    """``y = (x Rᵀ) Lᵀ + b`` with L (out×r) and R (r×in): a rank-r linear layer.
+
+    Measured dispatch (``compresskit.dispatch``, family ``low_rank_linear``) runs these two thin
+    products (``factored``) or one product with L·R (``dense``, cached in inference) when that is faster.
+    """
+
+    dispatch_family = LINEAR_FAMILY
 
     def __init__(self, out_features: int, in_features: int, rank: int, bias: bool) -> None:
         super().__init__(out_features, in_features, rank)
@@ -101,7 +120,25 @@ class LowRankLinear(_LowRankBase):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.right), self.left, self.bias)
+        return self.dispatched_forward(x)
+
+    def factored_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x2, self.right), self.left, self.bias)
+
+    def dispatch_signature(self) -> str:
+        return f"{self.out_features}x{self.in_features} r{self.rank} bias{int(self.bias is not None)}"
+
+    def quantized_dynamic(self) -> nn.Module:
+        """Both thin products as int8 dynamic linear layers (``compresskit.quantize_dynamic``)."""
+        right = nn.Linear(self.in_features, self.rank, bias=False)
+        left = nn.Linear(self.rank, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            right.weight.copy_(self.right)
+            left.weight.copy_(self.left)
+            if self.bias is not None:
+                left.bias.copy_(self.bias)
+        pair = nn.Sequential(right, left).float().eval()
+        return torch.ao.quantization.quantize_dynamic(pair, {nn.Linear}, dtype=torch.qint8)
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding ``L·R`` and the bias."""
@@ -119,15 +156,48 @@ class LowRankLinear(_LowRankBase):
 
 
 class LowRankEmbedding(_LowRankBase):
-    """``E[ids] ≈ A[ids] · B``: a lookup in A (vocab×r) projected by B (r×dim)."""
+    """``E[ids] ≈ A[ids] · B``: a lookup in A (vocab×r) projected by B (r×dim).
+
+    In inference, measured dispatch (family ``low_rank_embedding``) may look rows up in the table A·B
+    built once (``dense``) instead; ``formulation`` pins ``"factored"`` or ``"dense"``.
+    """
+
+    formulation: str | None = None
 
     def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, padding_idx: int | None) -> None:
         super().__init__(num_embeddings, embedding_dim, rank)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
+        self._table_cache = WeightCache()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        training = needs_grad(self.left, self.right)
+        if self._formulation(ids, training) == "dense":
+            table = (
+                self.dense_weight()
+                if training or tracing()
+                else self._table_cache.get((self.left, self.right), self.dense_weight)
+            )
+            return F.embedding(ids, table, self.padding_idx)
         return F.embedding(ids, self.left, self.padding_idx) @ self.right
+
+    def _formulation(self, ids: torch.Tensor, training: bool) -> str:
+        if self.formulation is not None:
+            return self.formulation
+        if tracing() or training:
+            return "factored"
+        count = min(ids.numel(), PROBE_MAX_TOKENS)
+        sample = torch.randint(
+            0, self.num_embeddings, (count,), generator=probe_generator(ids.device), device=ids.device
+        )
+
+        def probe(name: str) -> Callable[[], object]:
+            saved = self.formulation
+            return lambda: _pinned(self, name, saved, sample)
+
+        current = regime(ids.numel(), self.left.dtype, self.left.device, False)
+        signature = f"{self.num_embeddings}x{self.embedding_dim} r{self.rank}"
+        return choose(EMBEDDING_FAMILY, signature, current, "factored", FACTORED_OR_DENSE, probe)
 
     def to_dense(self) -> nn.Embedding:
         """A plain ``nn.Embedding`` holding ``A·B``."""
@@ -142,19 +212,27 @@ class LowRankEmbedding(_LowRankBase):
         return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
 
 
+def _pinned(layer: LowRankEmbedding, name: str, saved: str | None, ids: torch.Tensor) -> torch.Tensor:
+    """One lookup with ``name`` pinned (the probe of :class:`LowRankEmbedding`)."""
+    layer.formulation = name
+    try:
+        return layer(ids)
+    finally:
+        layer.formulation = saved
+
+
 def truncated_svd(
     weight: torch.Tensor, rank: int, method: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U_r, σ_r, V_rᵀ)`` of ``weight`` in float32 (float64 if given), singular values descending.
 
     ``method="scipy"`` computes only the r leading triplets (ARPACK); it needs r < min(m, n) and
-    falls back to the full SVD otherwise.
+    falls back to the full SVD otherwise. ``"auto"``: see :class:`LowRankOptions`.
     """
     work = weight.detach().to(torch.float64 if weight.dtype == torch.float64 else torch.float32)
     smallest = min(work.shape)
-    if method == "auto":  # ARPACK runs on the CPU: on an accelerator the full SVD stays on device
-        partial = smallest >= PARTIAL_SVD_MIN_DIM and rank <= PARTIAL_SVD_MAX_FRACTION * smallest
-        method = "scipy" if partial and work.device.type == "cpu" else "torch"
+    if method == "auto":
+        return top_singular_triplets(work, rank)
     if method == "scipy" and rank < smallest:
         return _scipy_svds(work, rank)
     u, s, vh = torch.linalg.svd(work, full_matrices=False)
@@ -180,7 +258,7 @@ def describe(module: nn.Module, name: str) -> str:
 
 def check_finite(weight: torch.Tensor, where: str) -> None:
     """Raise :class:`DecompositionError` if a materialised ``weight`` holds NaN or Inf."""
-    if weight.is_meta or bool(torch.isfinite(weight).all()):
+    if all_finite(weight):
         return
     bad = int((~torch.isfinite(weight)).sum())
     raise DecompositionError(

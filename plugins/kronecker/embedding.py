@@ -22,11 +22,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from compresskit import DecompositionError
+from compresskit.dispatch import WeightCache, needs_grad, probe_generator, tracing
 
 from .nearest import nearest_kronecker
-from .paths import EMBEDDING, TIED_HEAD, choose_simple, needs_grad, probe_generator, tracing
+from .paths import EMBEDDING, TIED_HEAD, choose_simple
 from .shapes import check_terms
 
 
@@ -56,7 +58,7 @@ class KroneckerEmbedding(nn.Module):
         self.b = nn.Parameter(torch.empty(num_terms, 1, n, **factory))  # type: ignore[arg-type]
         #: ``"factored"`` or ``"dense"`` to always run that formulation, or None for measured dispatch.
         self.formulation: str | None = None
-        self._dense_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._dense_cache = WeightCache()
         self.reset_parameters()
 
     @property
@@ -88,17 +90,11 @@ class KroneckerEmbedding(nn.Module):
     ) -> KroneckerEmbedding:
         """A new layer approximating ``embedding`` by nearest-Kronecker SVD; the old one is not touched."""
         weight = embedding.weight
-        new = cls(
-            embedding.num_embeddings,
-            embedding.embedding_dim,
-            n,
-            num_terms,
-            embedding.padding_idx,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        if initialize:
-            new.load_dense(weight, svd=svd, where=name or "Embedding")
+        args = (embedding.num_embeddings, embedding.embedding_dim, n, num_terms, embedding.padding_idx)
+        if not initialize:
+            return cls(*args, device=weight.device, dtype=weight.dtype)
+        new = skip_init(cls, *args, device=weight.device, dtype=weight.dtype)  # the SVD sets every value
+        new.load_dense(weight, svd=svd, where=name or "Embedding")
         return new
 
     @torch.no_grad()
@@ -133,6 +129,10 @@ class KroneckerEmbedding(nn.Module):
         training = needs_grad(hidden, self.a, self.b, bias)
         if self._formulation(TIED_HEAD, hidden, tokens, training) == "dense":
             return F.linear(hidden, self._table(training), bias)
+        return self._project_factored(hidden, bias)
+
+    def _project_factored(self, hidden: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        tokens = hidden.numel() // self.embedding_dim
         reduced = hidden.reshape(tokens * self.k, self.n) @ self.b.reshape(self.num_terms, self.n).t()
         if self.num_terms > 1:
             reduced = reduced.view(tokens, self.k, self.num_terms).transpose(1, 2)
@@ -153,38 +153,30 @@ class KroneckerEmbedding(nn.Module):
             lambda name: self._probe(family, name, tokens, training),
         )
 
+    @torch.no_grad()
     def _probe(self, family: str, name: str, tokens: int, training: bool) -> Callable[[], object]:
+        """One inference call of ``name`` on random ids / hidden states (the dense table prebuilt)."""
         gen = probe_generator(self.a.device)
-        probe = KroneckerEmbedding(
-            self.num_embeddings,
-            self.embedding_dim,
-            self.n,
-            self.num_terms,
-            self.padding_idx,
-            device=self.a.device,
-            dtype=self.a.dtype,
-        )
-        probe.formulation = name
-        probe.requires_grad_(False)
         count = min(tokens, 4096)
+        table = self.dense_weight() if name == "dense" else None
         if family == EMBEDDING:
             ids = torch.randint(0, self.num_embeddings, (count,), generator=gen, device=self.a.device)
-            return lambda: probe(ids)
+            if table is not None:
+                return lambda: F.embedding(ids, table, self.padding_idx)
+            return lambda: self.expand_rows(F.embedding(ids, self.a, self.padding_idx))
         hidden = torch.randn(
             count, self.embedding_dim, generator=gen, device=self.a.device, dtype=self.a.dtype
         )
-        return lambda: probe.project(hidden)
+        if table is not None:
+            return lambda: F.linear(hidden, table)
+        return lambda: self._project_factored(hidden, None)
 
     def _table(self, training: bool) -> torch.Tensor:
         return self.dense_weight() if training or tracing() else self.cached_dense_weight()
 
-    @torch.no_grad()
     def cached_dense_weight(self) -> torch.Tensor:
         """E for inference, rebuilt only when a factor changed (in place, moved or reloaded)."""
-        key = (self.a._version, self.b._version, self.a.data_ptr(), self.b.data_ptr())
-        if self._dense_cache is None or self._dense_cache[0] != key:
-            self._dense_cache = (key, self.dense_weight())
-        return self._dense_cache[1]
+        return self._dense_cache.get((self.a, self.b), self.dense_weight)
 
     def dense_weight(self) -> torch.Tensor:
         """The (v, d) table Σ_r A_r⊗b_r."""

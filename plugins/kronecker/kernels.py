@@ -135,9 +135,8 @@ def _a_first_bmm(
     x3 = x2.reshape(tokens, n1, n2)
     z = torch.bmm(_a_cat_rows(a).expand(tokens, m1 * terms, n1), x3)  # (N, m1·R, n2)
     z2 = z.view(tokens * m1, terms * n2)
-    y = z2 @ _b_cat(b)
-    y = y.view(tokens, m1 * m2)
-    return (y if bias is None else y + bias), z2
+    y = (z2 @ _b_cat(b)).view(tokens, m1 * m2)
+    return (y if bias is None else y.add_(bias)), z2
 
 
 def b_first_gemm_forward(
@@ -159,8 +158,10 @@ def _b_first_gemm(
     for r in range(1, terms):
         y_t = y_t.addmm(tt3[r], a[r].t())
     y = y_t.view(m2, tokens, m1).permute(1, 2, 0)
-    y = y.contiguous() if bias is None else y + bias.view(m1, m2)
-    return y.reshape(tokens, m1 * m2), tt3
+    out = y.clone(memory_format=torch.contiguous_format)  # token-major, whatever y's strides
+    if bias is not None:
+        out.add_(bias.view(m1, m2))
+    return out.view(tokens, m1 * m2), tt3
 
 
 def a_first_gemm_forward(
@@ -179,7 +180,7 @@ def _a_first_gemm(
     zt = torch.stack([xt @ a[r].t() for r in range(terms)]) if terms > 1 else (xt @ a[0].t()).unsqueeze(0)
     zt2 = zt.view(terms * n2, tokens * m1)
     y = (zt2.t() @ _b_cat(b)).view(tokens, m1 * m2)
-    return (y if bias is None else y + bias), xt, zt2
+    return (y if bias is None else y.add_(bias)), xt, zt2
 
 
 # ---------------------------------------------------------------- autograd functions
@@ -341,9 +342,16 @@ def kronecker_linear(
 ) -> torch.Tensor:
     """y (N, m1·m2) for x2 (N, n1·n2) with the named formulation; custom backward when grads are needed."""
     forward, function = FORMULATIONS[formulation]
-    if not torch.is_grad_enabled() or not (
-        x2.requires_grad or a.requires_grad or b.requires_grad or (bias is not None and bias.requires_grad)
-    ):
+    if (
+        not torch.is_grad_enabled()
+        or not (
+            x2.requires_grad
+            or a.requires_grad
+            or b.requires_grad
+            or (bias is not None and bias.requires_grad)
+        )
+        or torch.is_autocast_enabled(x2.device.type)
+    ):  # no backward, or mixed precision: plain autograd of the same maths (autocast casts each op)
         return forward(x2, a, b, bias)
     if function is None:
         return dense_train(x2, a, b, bias)

@@ -18,12 +18,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from compresskit import dense_bias, dense_weight, linear_shape
+from compresskit.dispatch import WeightCache, needs_grad, tracing
 
 from .kernels import kronecker_linear
 from .nearest import SvdBackend, kron_sum, nearest_kronecker
-from .paths import choose_linear, needs_grad, static_formulation, tracing
+from .paths import choose_linear, static_formulation
 from .shapes import Shape, check_terms, resolve_shapes, term_flops
 
 Order = Literal["a_first", "b_first"]
@@ -57,7 +59,7 @@ class KroneckerLinear(nn.Module):
         self.order: Order = cheaper_order(self.a_shape, self.b_shape)
         #: A formulation name from ``kernels.FORMULATIONS`` to always run, or None for measured dispatch.
         self.formulation: str | None = None
-        self._dense_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._dense_cache = WeightCache()
         factory = {"device": device, "dtype": dtype}
         self.a = nn.Parameter(torch.empty(num_terms, *self.a_shape, **factory))  # type: ignore[arg-type]
         self.b = nn.Parameter(torch.empty(num_terms, *self.b_shape, **factory))  # type: ignore[arg-type]
@@ -90,9 +92,11 @@ class KroneckerLinear(nn.Module):
         m, n = linear_shape(linear)
         a, b = resolve_shapes(m, n, a_shape, b_shape, where)
         weight, bias = dense_weight(linear), dense_bias(linear)
-        new = cls(a, b, num_terms, bias is not None, device=weight.device, dtype=weight.dtype)
-        if initialize:
-            new.load_dense(weight, bias, svd=svd, where=where)
+        if not initialize:
+            return cls(a, b, num_terms, bias is not None, device=weight.device, dtype=weight.dtype)
+        # skip_init: no random initialisation of factors that the SVD overwrites next
+        new = skip_init(cls, a, b, num_terms, bias is not None, device=weight.device, dtype=weight.dtype)
+        new.load_dense(weight, bias, svd=svd, where=where)
         return new
 
     @torch.no_grad()
@@ -125,13 +129,15 @@ class KroneckerLinear(nn.Module):
     def grid_shape(self) -> Shape:
         return (self.a_shape[1], self.b_shape[1])
 
-    @torch.no_grad()
     def cached_dense_weight(self) -> torch.Tensor:
         """W for inference, rebuilt only when a factor changed (in place, moved or reloaded)."""
-        key = (self.a._version, self.b._version, self.a.data_ptr(), self.b.data_ptr())
-        if self._dense_cache is None or self._dense_cache[0] != key:
-            self._dense_cache = (key, kron_sum(self.a, self.b))
-        return self._dense_cache[1]
+        return self._dense_cache.get((self.a, self.b), self.dense_weight)
+
+    def quantized_dynamic(self) -> nn.Module:
+        """An inference-only copy whose large-factor GEMM runs in int8 (``compresskit.quantize_dynamic``)."""
+        from .quantized import QuantizedKroneckerLinear
+
+        return QuantizedKroneckerLinear(self)
 
     def dense_weight(self) -> torch.Tensor:
         """W = Σ_r A_r⊗B_r in ``nn.Linear`` (out, in) layout."""

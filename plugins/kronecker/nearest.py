@@ -9,10 +9,12 @@ matrix vec(A)·vec(B)ᵀ, so the best sum of R Kronecker products is the rank-R 
 A_r = √σ_r·u_r (reshaped m1×n1) and B_r = √σ_r·v_r (reshaped m2×n2), with error
 ‖W − Σ_r A_r⊗B_r‖_F = sqrt(Σ_{k>R} σ_k²) (Eckart-Young).
 
-Backends: ``torch``, ``scipy`` and ``tensorly``. Each uses an exact thin SVD, or a partial/randomised
-one when few terms are wanted from a large rearrangement (see :func:`use_partial_svd`). A thin SVD of a
-p×q matrix costs O(p·q·min(p, q)) and never forms a p×p Gram matrix, so lopsided rearrangements
-(the embedding's (v·d/n)×n) stay cheap.
+Backends: ``auto`` (default) is ``compresskit.linalg.top_singular_triplets``, which picks by shape: the
+rearranged matrices of BERT-like models are very lopsided (e.g. 18432×32 or 1465056×16), and there the
+eigendecomposition of the small q×q Gram matrix plus one Rayleigh–Ritz step costs O(p·q²) and reaches
+the optimum (tests compare with the full SVD). ``torch``, ``scipy`` and ``tensorly`` use an exact thin
+SVD, or a partial/randomised one when few terms are wanted from a large rearrangement (see
+:func:`use_partial_svd`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 
 from compresskit import DecompositionError
+from compresskit.linalg import all_finite
+from compresskit.linalg import top_singular_triplets as shape_aware_triplets
 
 from .shapes import check_terms
 
@@ -35,9 +39,22 @@ PARTIAL_MIN_SIDE = 256
 PARTIAL_MAX_FRACTION = 0.1
 
 
+#: Integer dtypes by size in bytes: a row of n2 ≤ 8 bytes is moved as one element (see :func:`rearrange`).
+_WORDS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def rearrange(weight: torch.Tensor, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> torch.Tensor:
-    """R(W), the (m1·n1)×(m2·n2) rearrangement of W whose rows are its vectorised m2×n2 blocks."""
+    """R(W), the (m1·n1)×(m2·n2) rearrangement of W whose rows are its vectorised m2×n2 blocks.
+
+    When a block row (n2 values) fits in 8 bytes it is copied as one integer word: the same bytes in
+    the same order, but a permuted copy of 8-byte words is ~8× faster on CPU than one of 4-byte floats
+    in pairs (KB8's attention has n2 = 2).
+    """
     (m1, n1), (m2, n2) = a_shape, b_shape
+    word = _WORDS.get(n2 * weight.element_size())
+    if word is not None and n2 > 1 and weight.is_contiguous() and weight.device.type != "meta":
+        packed = weight.view(word).reshape(m1, m2, n1).permute(0, 2, 1).contiguous().reshape(-1)
+        return packed.view(weight.dtype).reshape(m1 * n1, m2 * n2)
     return weight.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
 
 
@@ -56,9 +73,7 @@ def use_partial_svd(shape: tuple[int, int], num_terms: int) -> bool:
 
 def check_finite(weight: torch.Tensor, where: str) -> None:
     """Raise :class:`DecompositionError` if ``weight`` holds NaN or Inf (never on the meta device)."""
-    if weight.device.type == "meta":
-        return
-    if not bool(torch.isfinite(weight).all()):
+    if not all_finite(weight):
         bad = int((~torch.isfinite(weight)).sum())
         raise DecompositionError(
             f"{where}: the weight holds {bad} NaN/Inf value(s); the nearest-Kronecker SVD needs finite "
@@ -102,8 +117,10 @@ def top_singular_triplets(
     """``(U_k, S_k, Vh_k)`` of the top ``k`` singular triplets, in decreasing order, on matrix's device."""
     if backend not in SVD_BACKENDS:
         raise DecompositionError(f"unknown svd backend {backend!r}; choose one of {', '.join(SVD_BACKENDS)}.")
+    if backend == "auto":
+        return shape_aware_triplets(matrix, k)
     partial = use_partial_svd((int(matrix.shape[0]), int(matrix.shape[1])), k)
-    if backend in ("auto", "torch"):
+    if backend == "torch":
         return _torch_svd(matrix, k, partial)
     array = matrix.cpu().numpy()
     u, s, vh = _scipy_svd(array, k, partial) if backend == "scipy" else _tensorly_svd(array, k, partial)

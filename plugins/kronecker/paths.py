@@ -21,7 +21,13 @@ from collections.abc import Callable
 
 import torch
 
-from compresskit.dispatch import PROBE_MAX_TOKENS, choose, regime, register_family
+from compresskit.dispatch import (
+    PROBE_MAX_TOKENS,
+    choose,
+    probe_generator,
+    regime,
+    register_family,
+)
 
 from .kernels import FORMULATIONS, kronecker_linear
 from .shapes import Shape, term_flops
@@ -49,21 +55,6 @@ def linear_candidates(a_shape: Shape, terms: int) -> list[str]:
     """Formulations worth probing: the batched forms only for a small A."""
     small = a_shape[0] * a_shape[1] * terms <= SMALL_A
     return [name for name in FORMULATIONS if small or not name.endswith("_bmm")]
-
-
-def tracing() -> bool:
-    """True while torch.compile / torch.export / ONNX export / TorchScript trace the model."""
-    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
-
-
-def needs_grad(*tensors: torch.Tensor | None) -> bool:
-    """Whether this call records a backward (the ``training`` regime)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def probe_generator(device: torch.device) -> torch.Generator:
-    """A private generator, so probing never moves the global random state (dropout, shuffling)."""
-    return torch.Generator(device=device).manual_seed(0)
 
 
 def choose_linear(

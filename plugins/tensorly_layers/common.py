@@ -25,6 +25,11 @@ from compresskit import (
     dense_weight,
     linear_shape,
 )
+from compresskit.dispatch import FACTORED_OR_DENSE, FactoredOrDense, register_family
+from compresskit.linalg import all_finite
+
+for _family in ("tucker_linear", "cp_linear", "tensor_train_linear"):
+    register_family(_family, FACTORED_OR_DENSE)
 
 #: Fraction of the dense weight's parameters kept when neither ``rank`` nor ``param_ratio`` is given.
 DEFAULT_PARAM_RATIO = 0.25
@@ -75,7 +80,7 @@ def linear_dims(decomposition: Decomposition, module: nn.Module, where: str) -> 
 
 def check_finite(weight: torch.Tensor, where: str) -> None:
     """Raise :class:`DecompositionError` if a materialised weight holds NaN or Inf."""
-    if weight.is_meta or bool(torch.isfinite(weight).all()):
+    if all_finite(weight):
         return
     raise DecompositionError(
         f"{where}: the weight holds NaN/Inf values; a factorisation needs finite weights. "
@@ -161,13 +166,25 @@ def bias_params(spec: dict[str, Any] | Any) -> int:
     return int(spec["out_features"]) if spec.get("bias") else 0
 
 
-class TensorisedLinear(nn.Module):
-    """Base of the factorised linear layers: bias, sizes, ``to_dense()`` from ``dense_weight()``."""
+class TensorisedLinear(nn.Module, FactoredOrDense):
+    """Base of the factorised linear layers: bias, sizes, ``to_dense()`` from ``dense_weight()``.
+
+    ``forward`` is chosen by measured dispatch (``compresskit.dispatch``): the subclass's factor
+    contractions (``factored_forward``) or one product with the reconstructed weight (``dense``: rebuilt
+    each training step, cached in inference), whichever is faster for the call's regime. At high ranks the
+    contractions cost more FLOPs than the dense matrix, and then ``dense`` wins.
+    """
 
     def __init__(self, out_features: int, in_features: int, bias: bool) -> None:
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dispatched_forward(x)
+
+    def dispatch_signature(self) -> str:
+        return f"{self.extra_repr()} bias={int(self.bias is not None)}"
 
     def dense_weight(self) -> torch.Tensor:
         raise NotImplementedError

@@ -68,13 +68,15 @@ class CPOptions(FactorOptions):
 class CPLinear(TensorisedLinear):
     """y = x·Wᵀ + b with W held as R rank-one terms over the tensor modes."""
 
+    dispatch_family = "cp_linear"
+
     def __init__(self, out_factors: Sequence[int], in_factors: Sequence[int], rank: int, bias: bool):
         super().__init__(math.prod(out_factors), math.prod(in_factors), bias)
         self.out_shape, self.in_shape, self.rank = tuple(out_factors), tuple(in_factors), rank
         self.out_factors = nn.ParameterList(nn.Parameter(torch.empty(m, rank)) for m in self.out_shape)
         self.in_factors = nn.ParameterList(nn.Parameter(torch.empty(n, rank)) for n in self.in_shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def factored_forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         first, *rest = self.in_factors
         t = x.reshape(-1, first.shape[0], self.in_features // first.shape[0])

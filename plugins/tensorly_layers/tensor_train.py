@@ -58,6 +58,8 @@ class TensorTrainOptions(FactorOptions):
 class TTMatrixLinear(TensorisedLinear):
     """y = x·Wᵀ + b with W held as a chain of TT-matrix cores."""
 
+    dispatch_family = "tensor_train_linear"
+
     def __init__(
         self, out_factors: Sequence[int], in_factors: Sequence[int], ranks: Sequence[int], bias: bool
     ):
@@ -68,7 +70,7 @@ class TTMatrixLinear(TensorisedLinear):
             for k, (m, n) in enumerate(zip(self.out_shape, self.in_shape, strict=True))
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def factored_forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         t = x.reshape(-1, 1, 1, self.in_features)  # (B, M, r_0, N)
         for core in self.cores:  # (B, M, r, n_k, N') -> (B, M·m_k, r', N')

@@ -65,6 +65,8 @@ class TuckerOptions(FactorOptions):
 class TuckerLinear(TensorisedLinear):
     """y = x·Wᵀ + b with W held as a Tucker core and one factor per tensor mode."""
 
+    dispatch_family = "tucker_linear"
+
     def __init__(
         self,
         out_factors: Sequence[int],
@@ -84,7 +86,7 @@ class TuckerLinear(TensorisedLinear):
             nn.Parameter(torch.empty(n, s)) for n, s in zip(self.in_shape, self.ranks[d:], strict=True)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def factored_forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         t = x.reshape(-1, 1, self.in_features)
         for factor in self.in_factors:  # project input mode j: (B, S, n_j, N) -> (B, S·s_j, N)

@@ -91,3 +91,31 @@ def test_every_backend_finds_the_dominant_terms(backend: str, size: tuple[int, i
     sigma = torch.linalg.svdvals(rearrange(weight, a_shape, b_shape))
     optimum = sigma[2:].pow(2).sum().sqrt() / torch.linalg.norm(weight)
     assert relative.item() <= optimum.item() * 1.01 + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("dtype", "a_shape", "b_shape"),
+    [
+        (torch.float32, (6, 5), (3, 2)),  # n2 = 2 floats: moved as one 8-byte word
+        (torch.float32, (6, 5), (1, 2)),  # m2 = 1: a size-1 axis after the permute
+        (torch.float16, (6, 5), (3, 4)),  # 4 halves: one 8-byte word
+        (torch.bfloat16, (4, 3), (2, 2)),  # 2 halves: one 4-byte word
+        (torch.float64, (4, 3), (2, 1)),  # one double: plain permute
+        (torch.float32, (4, 3), (5, 7)),  # 28 bytes: plain permute
+    ],
+)
+def test_rearrangement_is_the_block_vectorisation_for_every_packing(
+    dtype: torch.dtype, a_shape: tuple[int, int], b_shape: tuple[int, int]
+) -> None:
+    (m1, n1), (m2, n2) = a_shape, b_shape
+    weight = torch.randn(m1 * m2, n1 * n2).to(dtype)
+    expected = torch.stack(
+        [
+            weight[i * m2 : (i + 1) * m2, j * n2 : (j + 1) * n2].reshape(-1)
+            for i in range(m1)
+            for j in range(n1)
+        ]
+    )
+    assert torch.equal(rearrange(weight, a_shape, b_shape), expected)
+    transposed = weight.t().contiguous().t()  # a Conv1D weight read as (out, in): not contiguous
+    assert torch.equal(rearrange(transposed, a_shape, b_shape), expected)

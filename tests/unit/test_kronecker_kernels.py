@@ -216,3 +216,19 @@ def test_embedding_and_tied_head_formulations_agree_with_gradients(terms: int) -
         results[name] = (loss.detach(), layer.a.grad, layer.b.grad, head.bias.grad, *frozen)
     for got, expected in zip(results["factored"], results["dense"], strict=True):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(FORMULATIONS))
+def test_every_formulation_trains_under_bfloat16_autocast(name: str) -> None:
+    torch.manual_seed(0)
+    layer = KroneckerLinear.from_linear(nn.Linear(48, 32), a_shape=(4, 6), num_terms=2)
+    layer.formulation = name
+    x = torch.randn(5, 48, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().pow(2).sum().backward()
+    reference = x.detach() @ kron_sum(layer.a, layer.b).t() + layer.bias
+    expected_a = torch.autograd.grad(reference.pow(2).sum(), layer.a)[0]
+    assert out.dtype == torch.bfloat16 and layer.a.grad.dtype == torch.float32
+    assert _relative(out.float(), reference.detach()) < 2e-2
+    assert _relative(layer.a.grad, expected_a) < 5e-2
