@@ -8,8 +8,10 @@ benchmark mode: the first call in a *regime* (see :class:`Regime`) times every c
 the same shape (an untimed warm-up, then ``PROBE_ROUNDS`` interleaved rounds, median; a candidate more than
 ``DROP_FACTOR`` times slower than the best in the first round is not timed further) and caches the winner
 for the process. Every formulation is exact up to floating-point rounding, so the choice changes results
-only at rounding level (relative ~1e-6 in float32); for bitwise reproducibility use ``heuristic`` mode or
-a cache file.
+only at rounding level (relative ~1e-6 in float32). So that one config and seed give bit-identical results
+on one machine, the choices persist in a per-user cache file by default (``$XDG_CACHE_HOME`` or
+``~/.cache``, ``compresskit/dispatch.json``): the second run of anything takes the first run's paths
+without probing. Several processes may share the file (each write merges what is on disk).
 
 Control (environment variables are read at each new choice; the Python calls override them):
 
@@ -17,7 +19,8 @@ Control (environment variables are read at each new choice; the Python calls ove
 * ``COMPRESSKIT_DISPATCH_FORCE`` = ``family=formulation[,family=formulation...]``, e.g.
   ``kronecker_linear=dense`` (families and formulations: :func:`formulations`);
 * ``COMPRESSKIT_DISPATCH_CACHE`` = a JSON file: choices are read from it and new ones written to it, so a
-  second run takes exactly the same paths without probing;
+  second run takes exactly the same paths without probing (default: the per-user file above; ``off``:
+  keep choices in memory only, each process probing afresh);
 * :func:`set_mode`, :func:`force` (a context manager), :func:`table` (every choice with its timings),
   :func:`clear`.
 """
@@ -236,19 +239,33 @@ def _check_forced(family: str, name: str, where: str) -> None:
         )
 
 
+def default_cache_path() -> Path:
+    """The per-user cache file used when ``COMPRESSKIT_DISPATCH_CACHE`` is not set."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "compresskit" / "dispatch.json"
+
+
 def _cache_path() -> Path | None:
-    text = os.environ.get(ENV_CACHE, "").strip()
-    return Path(text) if text else None
+    text = os.environ.get(ENV_CACHE)
+    if text is None:
+        return default_cache_path()
+    text = text.strip()
+    return None if text.lower() in ("", "off", "none") else Path(text)
 
 
 def _load_cache_file() -> None:
     path = _cache_path()
     if path is None or _STATE["loaded"] == str(path) or not path.exists():
         return
+    for choice in _read_cache_file(path):
+        _CACHE.setdefault((choice.family, choice.signature, choice.regime), choice)
+    _STATE["loaded"] = str(path)
+
+
+def _read_cache_file(path: Path) -> list[Choice]:
     try:
-        entries = json.loads(path.read_text())
-        for entry in entries:
-            choice = Choice(
+        return [
+            Choice(
                 entry["family"],
                 entry["signature"],
                 Regime(**entry["regime"]),
@@ -256,23 +273,31 @@ def _load_cache_file() -> None:
                 entry.get("how", "file"),
                 entry.get("ms", {}),
             )
-            _CACHE.setdefault((choice.family, choice.signature, choice.regime), choice)
+            for entry in json.loads(path.read_text())
+        ]
     except (ValueError, KeyError, TypeError) as exc:
         raise DispatchError(
             f"{ENV_CACHE}={path}: not a dispatch cache written by compresskit ({exc}). "
-            "Delete the file or point the variable at another path."
+            f"Delete the file or point the variable at another path ({ENV_CACHE}=off keeps choices in memory)."
         ) from None
-    _STATE["loaded"] = str(path)
 
 
 def _save_cache_file() -> None:
+    """Write this process's choices, merged with what other processes wrote meanwhile (theirs first:
+    a choice already on disk is the one every later run replays)."""
     path = _cache_path()
     if path is None:
         return
-    entries = [c.to_dict() for c in _CACHE.values()]
+    try:
+        on_disk = _read_cache_file(path) if path.exists() else []
+    except DispatchError:
+        on_disk = []  # an unreadable file is replaced by this process's choices
+    merged = {(c.family, c.signature, c.regime): c for c in on_disk}
+    for key, choice in _CACHE.items():
+        merged.setdefault(key, choice)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(entries, indent=1))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps([c.to_dict() for c in merged.values()], indent=1))
     tmp.replace(path)
     _STATE["loaded"] = str(path)
 

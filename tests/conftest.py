@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("COMPRESSKIT_DISABLE_PLUGINS", None)
+# measured-dispatch choices persist per user by default: keep the tests' choices out of ~/.cache
+os.environ.setdefault("COMPRESSKIT_DISPATCH_CACHE", str(Path(tempfile.mkdtemp()) / "dispatch.json"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,9 @@ LINEAR_DECOMPOSITIONS = [
 
 @pytest.fixture(autouse=True)
 def _fresh_dispatch(monkeypatch: pytest.MonkeyPatch):
-    for name in (dispatch.ENV_MODE, dispatch.ENV_FORCE, dispatch.ENV_CACHE):
+    for name in (dispatch.ENV_MODE, dispatch.ENV_FORCE):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(dispatch.ENV_CACHE, "off")  # every test probes afresh unless it sets a file
     dispatch.clear()
     yield
     dispatch.clear()

@@ -19,8 +19,9 @@ SHAPES = [((3, 4), (5, 2)), ((4, 3), (2, 5)), ((1, 6), (7, 1)), ((6, 1), (1, 7))
 
 @pytest.fixture(autouse=True)
 def _fresh_dispatch(monkeypatch: pytest.MonkeyPatch):
-    for name in (dispatch.ENV_MODE, dispatch.ENV_FORCE, dispatch.ENV_CACHE):
+    for name in (dispatch.ENV_MODE, dispatch.ENV_FORCE):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(dispatch.ENV_CACHE, "off")  # every test probes afresh unless it sets a file
     dispatch.clear()
     dispatch.set_mode(None)
     yield
@@ -232,3 +233,28 @@ def test_every_formulation_trains_under_bfloat16_autocast(name: str) -> None:
     assert out.dtype == torch.bfloat16 and layer.a.grad.dtype == torch.float32
     assert _relative(out.float(), reference.detach()) < 2e-2
     assert _relative(layer.a.grad, expected_a) < 5e-2
+
+
+def test_choices_persist_per_user_by_default_and_processes_merge(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(dispatch.ENV_CACHE)  # unset: the per-user default
+    path = tmp_path / "compresskit" / "dispatch.json"
+    assert dispatch.default_cache_path() == path
+    layer = KroneckerLinear.from_linear(nn.Linear(12, 8), a_shape=(2, 3))
+    with torch.no_grad():
+        layer(torch.randn(3, 12))
+    first = json.loads(path.read_text())
+    assert len(first) == 1
+    first.append({**first[0], "signature": "written-by-another-process"})
+    path.write_text(json.dumps(first))
+    dispatch.clear()
+    with torch.no_grad():
+        layer(torch.randn(40, 12))  # a new token bucket: a new choice, merged with the file's two
+    assert {e["signature"] for e in json.loads(path.read_text())} >= {"written-by-another-process"}
+    assert len(json.loads(path.read_text())) == 3
+    monkeypatch.setenv(dispatch.ENV_CACHE, "off")
+    path.unlink()
+    dispatch.clear()
+    with torch.no_grad():
+        layer(torch.randn(3, 12))
+    assert not path.exists()
