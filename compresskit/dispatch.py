@@ -278,7 +278,8 @@ def _read_cache_file(path: Path) -> list[Choice]:
     except (ValueError, KeyError, TypeError) as exc:
         raise DispatchError(
             f"{ENV_CACHE}={path}: not a dispatch cache written by compresskit ({exc}). "
-            f"Delete the file or point the variable at another path ({ENV_CACHE}=off keeps choices in memory)."
+            f"Delete the file or point the variable at another path ({ENV_CACHE}=off keeps choices "
+            "in memory)."
         ) from None
 
 
