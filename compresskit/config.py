@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from compresskit.config_lines import ConfigSource, locate
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
@@ -41,13 +42,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Strategy:
-    """Read ``path``, apply ``--set`` ``overrides`` and return the validated :class:`Strategy`."""
+    """Read ``path``, apply ``--set`` ``overrides`` and return the validated :class:`Strategy`.
+
+    The strategy remembers its source (``Strategy.source``), so later checks — the preflight of every
+    component option — can point at ``file:line`` too.
+    """
     overrides = list(overrides)
     data = apply_overrides(read_toml(path), overrides)
+    source = ConfigSource.read(path, overrides)
     try:
-        return strategy_from_dict(data)
+        strategy = strategy_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(_with_location(str(exc), Path(path), overrides)) from None
+        raise ConfigError(locate(str(exc), source)) from None
+    return dataclasses.replace(strategy, source=source)
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:
@@ -112,28 +119,6 @@ def format_path(path: Sequence[str | int]) -> str:
     return text
 
 
-def _with_location(message: str, file: Path, overrides: Sequence[str]) -> str:
-    """Append ``(file:line)`` for the offending key, or the ``--set`` that introduced it."""
-    dotted = message.split(":", 1)[0]
-    tokens = [t for t in re.split(r"[.\[\]]", dotted) if t and not t.isdigit()]
-    if not tokens:
-        return f"{file}: {message}"
-    key = tokens[-1]
-    for text in overrides:
-        written = text.partition("=")[0].strip()
-        if written == dotted or written.startswith((f"{dotted}.", f"{dotted}[")):
-            return f"{message} (from --set {text!r})"
-    pattern = re.compile(rf"^\s*(\"?{re.escape(key)}\"?\s*=|\[+[^\]]*\b{re.escape(key)}\]+)")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return message
-    for number, line in enumerate(lines, start=1):
-        if pattern.search(line):
-            return f"{message} ({file}:{number})"
-    return f"{message} (in {file})"
-
-
 def validate_components(strategy: Strategy, registry: Registry | None = None) -> None:
     """Instantiate every component the strategy names, so bad names or options fail up front."""
     registry = registry or Registry.from_plugins()
@@ -168,6 +153,12 @@ def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -
             _validate_training(training, f"{at}.training")
         losses = getattr(stage, "losses", None)
         if isinstance(losses, Mapping):
+            if not losses:
+                raise ConfigError(
+                    f"{at}.losses: the table is empty, so this stage would have nothing to minimise. Name at "
+                    "least one loss with its weight (e.g. losses = { logit_kl = 1.0 }), or leave the table "
+                    "out to use the distiller's default losses."
+                )
             for loss in losses:
                 registry.get("loss", str(loss), where=f"{at}.losses")
 

@@ -16,7 +16,7 @@ from torch import nn
 import compresskit
 from compresskit.registry import Registry
 
-from .stage import StageOptions, run_stage
+from .stage import StageOptions, check_stage, run_stage
 
 
 class SingleStageDistiller(compresskit.Distiller):
@@ -46,6 +46,19 @@ class SingleStageDistiller(compresskit.Distiller):
             registry=registry or Registry.from_plugins(),
         )
         return {"train": result}
+
+    def check_student(
+        self,
+        student: nn.Module,
+        teachers: Mapping[str, nn.Module],
+        *,
+        registry: Registry | None = None,
+        where: str = "",
+    ) -> None:
+        check_stage(
+            stage=self.options, student=student, teachers=teachers,
+            registry=registry or Registry.from_plugins(), where=where or self.name,
+        )  # fmt: skip
 
 
 def _hinton() -> dict[str, Any]:
