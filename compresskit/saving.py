@@ -146,7 +146,7 @@ def _instantiate(folder: Path, model_class: type[nn.Module] | None) -> nn.Module
     import transformers
 
     try:
-        config = transformers.AutoConfig.from_pretrained(str(folder))
+        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: cannot read the model config: {exc}") from exc
     if model_class is None:

@@ -99,9 +99,10 @@ def distill_saved(args: argparse.Namespace, context: CommandContext) -> dict[str
         if stage.teacher == "pretrained":
             from transformers import AutoModel
 
-            teachers["pretrained"] = AutoModel.from_pretrained(
-                str(resolve_model_path(args.pretrained, where="--pretrained"))
-            )
+            from compresskit.models import pretrained
+
+            path = resolve_model_path(args.pretrained, where="--pretrained")
+            teachers["pretrained"] = pretrained(AutoModel, path, "--pretrained")
 
     def evaluate(model: Any) -> dict[str, float]:
         metrics = task.evaluate(model, tokenizer, "dev", max_length=args.max_length)
