@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.config_lines import ConfigSource, locate
-from compresskit.errors import ConfigError
+from compresskit.errors import ConfigError, UsageError
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
 
@@ -61,14 +61,16 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     """Split ``"a.b[1].c=value"`` into ``(["a", "b", 1, "c"], value)`` with TOML value semantics."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps[1].options.stage2.lr=1e-4.")
+        raise UsageError(
+            f"--set {text!r}: expected KEY=VALUE, e.g. --set steps[1].options.training.learning_rate=1e-4."
+        )
     return parse_key_path(key.strip()), parse_value(raw.strip())
 
 
 def parse_key_path(key: str) -> list[str | int]:
     """``"steps[1].options"`` → ``["steps", 1, "options"]`` (``steps.1.options`` works too)."""
     if not _KEY_PATH.fullmatch(key):
-        raise ConfigError(f"--set {key!r}: malformed key path; use dotted keys and [i] for array items.")
+        raise UsageError(f"--set {key!r}: malformed key path; use dotted keys and [i] for array items.")
     return [
         int(index) if index else (int(word) if word.isdigit() else word)
         for word, index in _PATH_TOKEN.findall(key)
@@ -178,6 +180,7 @@ def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> 
     from compresskit.targets import parse_step
 
     for group in parse_step(step_as_mapping(step), where, registry=registry):
+        registry.get("decomposition", group.decomposition, where=f"{group.where}.decomposition")
         registry.create("decomposition", group.decomposition, group.options, where=f"{group.where}.options")
         for number, override in enumerate(group.overrides):
             merged = {**group.options, **override.options}

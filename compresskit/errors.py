@@ -61,14 +61,14 @@ class CompressKitError(Exception):
     exit_code: ClassVar[int] = EXIT_CONFIG
 
 
-class UsageError(CompressKitError):
-    """A command-line argument is malformed (the configuration itself may be fine)."""
-
-    exit_code = EXIT_USAGE
-
-
 class ConfigError(CompressKitError):
     """A configuration value or file is invalid (unknown key, wrong type, out of range)."""
+
+
+class UsageError(ConfigError):
+    """A command-line argument is malformed (``--set`` without ``=``, ``--options`` not JSON)."""
+
+    exit_code = EXIT_USAGE
 
 
 class UnknownNameError(CompressKitError, KeyError):

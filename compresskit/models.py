@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from compresskit.errors import CheckpointError, ConfigError, NonFiniteWeightsError
+from compresskit.errors import CheckpointError, CompressKitError, ConfigError, NonFiniteWeightsError
 
 #: The ``transformers`` auto class that puts the right head on a model for each task problem type.
 AUTO_CLASSES = {
@@ -122,10 +122,29 @@ def check_weight_files(path: str | Path, where: str = "model.teacher") -> None:
             with safe_open(str(file), framework="pt") as weights:
                 for key in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
                     _check_finite_tensor(weights.get_tensor(key), file, key, where)
-        except CheckpointError:
+        except CompressKitError:
             raise
         except Exception as exc:
             raise CheckpointError(_unreadable_weights(file, where, exc)) from None
+    if not any(folder.glob("*.safetensors")):
+        for file in sorted(folder.glob("*.bin")):
+            _check_pickle_weights(file, where)
+
+
+def _check_pickle_weights(file: Path, where: str) -> None:
+    """A pickle weights file read as transformers would (``weights_only=True``: no code can run)."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)  # the legacy format
+    except Exception as exc:
+        raise CheckpointError(_unreadable_weights(file, where, exc)) from None
+    for key, tensor in state.items() if isinstance(state, dict) else ():
+        if isinstance(tensor, torch.Tensor):
+            _check_finite_tensor(tensor, file, str(key), where)
 
 
 def _check_finite_tensor(tensor: torch.Tensor, file: Path, key: str, where: str) -> None:

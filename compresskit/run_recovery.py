@@ -90,7 +90,8 @@ def non_finite_way_out(strategy: Strategy, key: str, message: str, run_dir: Path
         )
     else:
         words = ["compresskit", "run", str(source.path), "--output", str(run_dir)]
-        for text in (*source.overrides, new):
+        kept = [text for text in source.overrides if text.partition("=")[0].strip() != path]
+        for text in (*kept, new):
             words += ["--set", text]
         how = f"run\n  {shlex.join(words)}"
     return (

@@ -29,9 +29,10 @@ class CompressCommand(Command):
 
     def run(self, args: argparse.Namespace, context: CommandContext) -> int:
         from compresskit.models import load_hf_config, pretrained
+        from compresskit.preflight_plan import check_plan
         from compresskit.saving import merge, save
         from compresskit.seeding import seeded
-        from compresskit.walker import decompose
+        from compresskit.walker import as_groups, decompose, plan_compression
 
         strategy = strategy_of(args)
         if strategy is None:
@@ -40,8 +41,10 @@ class CompressCommand(Command):
         config = load_hf_config(str(path), where="--model")
         model: Any = pretrained(model_class(config), path, "--model")
         model.eval()
+        groups = as_groups(strategy, context.registry)
+        check_plan(plan_compression(model, groups, registry=context.registry), groups, "--config")
         with seeded(args.seed):  # randomised SVDs draw from the global generator
-            report = decompose(model, strategy, registry=context.registry)
+            report = decompose(model, groups, registry=context.registry)
         output = Path(args.output)
         if args.merge:
             merged: Any = merge(model)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.commands import Command, CommandContext
-from compresskit.errors import ConfigError
+from compresskit.errors import UsageError
 
 
 def _options(raw: str | None) -> dict[str, Any]:
@@ -31,9 +31,9 @@ def _options(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--options: not valid JSON ({exc}); pass a JSON object or @file.json.") from None
+        raise UsageError(f"--options: not valid JSON ({exc}); pass a JSON object or @file.json.") from None
     if not isinstance(value, dict):
-        raise ConfigError("--options: expected a JSON object, e.g. '{\"skip_stage1\": true}'.")
+        raise UsageError("--options: expected a JSON object, e.g. '{\"skip_stage1\": true}'.")
     return value
 
 
