@@ -126,7 +126,8 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
     registry = registry or Registry.from_plugins()
     registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     if strategy.tracking.tracker != "none":
-        registry.get("tracker", strategy.tracking.tracker, where="tracking.tracker")
+        options = tracker_options(strategy, registry)
+        registry.create("tracker", strategy.tracking.tracker, options, where="tracking.options")
     _validate_training(strategy.finetune.training, "finetune.training")
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
@@ -138,6 +139,19 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
                     registry.create("task", data.task, data.options, where=f"{where}.data.{name}.options")
         elif isinstance(step, DecomposeStep):
             _validate_decompose(step, registry, where)
+
+
+def tracker_options(strategy: Strategy, registry: Registry) -> dict[str, Any]:
+    """``[tracking] options`` plus ``experiment`` / ``tracking_uri`` where the tracker takes them."""
+    spec = strategy.tracking
+    options = dict(spec.options)
+    cls = registry.get("tracker", spec.tracker, where="tracking.tracker")
+    fields = getattr(getattr(cls, "Options", None), "__dataclass_fields__", {})
+    if "experiment" in fields:
+        options.setdefault("experiment", spec.experiment)
+    if "tracking_uri" in fields and spec.tracking_uri is not None:
+        options.setdefault("tracking_uri", spec.tracking_uri)
+    return options
 
 
 def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:

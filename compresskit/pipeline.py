@@ -304,16 +304,12 @@ class Pipeline:
     # ------------------------------------------------------------------ tracking and helpers
 
     def _make_tracker(self) -> Tracker:
+        from compresskit.config import tracker_options
+
         spec = self.strategy.tracking
         if spec.tracker == "none":
             return NullTracker()
-        options = dict(spec.options)
-        cls = self.registry.get("tracker", spec.tracker, where="tracking.tracker")
-        fields = getattr(getattr(cls, "Options", None), "__dataclass_fields__", {})
-        if "experiment" in fields:
-            options.setdefault("experiment", spec.experiment)
-        if "tracking_uri" in fields and spec.tracking_uri is not None:
-            options.setdefault("tracking_uri", spec.tracking_uri)
+        options = tracker_options(self.strategy, self.registry)
         return self.registry.create("tracker", spec.tracker, options, where="tracking.options")
 
     def _start_tracking(self, tracker: Tracker, state: RunState) -> None:

@@ -112,6 +112,7 @@ CASES = (
     "step-grows-model",
     "head-copy-into-decomposed-module",
     "unknown-loss",
+    "unknown-tracker-option",
     "set-without-value",
     "label-outside-label-set",
     "missing-data-file",

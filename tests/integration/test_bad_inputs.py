@@ -220,6 +220,13 @@ PREFLIGHT: list[PreflightCase] = [
         ("unknown loss 'logit_kll' (in steps[1].options.losses)", "Did you mean 'logit_kl'"),
     ),
     (
+        "unknown-tracker-option",
+        "a misspelt tracker option",
+        "compresskit run tiny.toml --set tracking.tracker=mlflow --set tracking.options.fail_if_unreachabel=true",
+        lambda w: w.run("tracking.tracker='mlflow'", "tracking.options.fail_if_unreachabel=true"),
+        ("tracking.options.fail_if_unreachabel: unknown option. Did you mean 'fail_if_unreachable'?",),
+    ),
+    (
         "teacher-missing",
         "model.teacher that does not exist",
         "compresskit run tiny.toml --set model.teacher=nowhere",
