@@ -99,8 +99,8 @@ def _show_warning(
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    """compresskit's own warnings as one ``compresskit: warning: ...`` line (no source line)."""
-    if category.__module__.split(".")[0] in ("compresskit", "compresskit_plugins"):
+    """compresskit's (and its plugins') warnings as one ``compresskit: warning: ...`` line."""
+    if category.__module__.split(".")[0].startswith("compresskit"):
         print(f"compresskit: warning: {message}", file=file or sys.stderr)
     else:
         fallback(message, category, filename, lineno, file, line)
