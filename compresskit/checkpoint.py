@@ -131,9 +131,13 @@ def _fsync_dir(path: Path) -> None:
 def write_pointer(root: Path, pointer: str, target: str) -> None:
     """Atomically make ``root/pointer`` contain ``target`` (write a temporary file, then ``os.replace``)."""
     tmp = root / f".{pointer}.tmp"
-    tmp.write_text(target + "\n", encoding="utf-8")
-    _fsync_file(tmp)
-    os.replace(tmp, root / pointer)
+    try:
+        tmp.write_text(target + "\n", encoding="utf-8")
+        _fsync_file(tmp)
+        os.replace(tmp, root / pointer)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # the old pointer stays; find_latest() also scans the folders
+        raise
     _fsync_dir(root)
 
 
@@ -163,13 +167,43 @@ def write_checkpoint(
     ``model`` is the unwrapped model (its state dict is saved with safetensors); ``state`` must be
     JSON-able. Returns the final folder.
     """
-    from safetensors.torch import save_model
-
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / (checkpoint_name(step) + TMP_SUFFIX)
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        _write_files(tmp, step, model, state, optimizer, scheduler, scaler, rng)
+    except BaseException as exc:  # nothing half-written stays behind, whatever stopped the write
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and _is_storage_failure(exc):
+            previous = find_latest(root)
+            intact = (
+                f"the previous checkpoint {previous} is intact" if previous else "no checkpoint existed yet"
+            )
+            raise _storage_failure(exc, f"the checkpoint of step {step} under {root}", intact) from exc
+        raise
+    if final.exists():  # the same step written again (e.g. a final checkpoint after a resume)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_pointer(root, LATEST_POINTER, final.name)
+    return final
+
+
+def _write_files(
+    tmp: Path,
+    step: int,
+    model: torch.nn.Module,
+    state: Mapping[str, Any],
+    optimizer: Mapping[str, Any] | None,
+    scheduler: Mapping[str, Any] | None,
+    scaler: Mapping[str, Any] | None,
+    rng: Mapping[str, Any] | None,
+) -> None:
+    """Every file of one checkpoint, flushed and fsynced, then the ``COMPLETE`` marker."""
+    from safetensors.torch import save_model
+
     tmp.mkdir()
     save_model(model, str(tmp / MODEL_FILE))
     for name, payload in (
@@ -186,12 +220,18 @@ def write_checkpoint(
     (tmp / COMPLETE_MARKER).write_text(str(step), encoding="utf-8")
     _fsync_file(tmp / COMPLETE_MARKER)
     _fsync_dir(tmp)
-    if final.exists():  # the same step written again (e.g. a final checkpoint after a resume)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    write_pointer(root, LATEST_POINTER, final.name)
-    return final
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    from compresskit.run_recovery import is_storage_failure
+
+    return is_storage_failure(exc)
+
+
+def _storage_failure(exc: BaseException, what: str, intact: str) -> Exception:
+    from compresskit.run_recovery import storage_failure
+
+    return storage_failure(exc, what, intact)
 
 
 # --------------------------------------------------------------------------- reading

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -42,20 +43,70 @@ class Component:
 
 
 def parse_options(options_type: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate ``options_type`` from ``values``, reporting unknown keys and wrong types clearly."""
+    """Instantiate ``options_type`` from ``values``, reporting unknown keys and wrong types clearly.
+
+    NaN and ±Inf are refused anywhere in an option (nested tables included): no setting means them,
+    and a learning rate of ``inf`` would only show up as a NaN loss after the expensive part.
+    """
     fields = {f.name: f for f in dataclasses.fields(options_type)}
     for key in values:
         if key not in fields:
             raise ConfigError(
-                f"{where}.{key}: unknown option.{did_you_mean(key, fields)} "
+                f"{_join(where, key)}: unknown option.{did_you_mean(key, fields)} "
                 f"Valid options: {', '.join(sorted(fields)) or 'none'}."
             )
     hints = _type_hints(options_type)
-    checked = {key: _check_type(f"{where}.{key}", value, hints[key]) for key, value in values.items()}
+    checked = {key: _check_type(_join(where, key), value, hints[key]) for key, value in values.items()}
     try:
         return options_type(**checked)
+    except OptionValueError as exc:
+        raise ConfigError(f"{_join(where, exc.field)}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(_rooted(str(exc), where)) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+class OptionValueError(ValueError):
+    """Raised by an Options dataclass's ``__post_init__`` for one bad field; :func:`parse_options`
+    reports it as ``<config path>.<field>: <message>``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def require_positive(options: Any, *names: str, zero_allowed: bool = False) -> None:
+    """Raise :class:`OptionValueError` for the first of ``names`` that is set (not ``None``) and not
+    ``> 0`` (``>= 0`` with ``zero_allowed``) — limits, repeats, lengths and sizes of a table."""
+    for name in names:
+        value = getattr(options, name)
+        if value is None or (value > 0 or (zero_allowed and value == 0)):
+            continue
+        expected = "0 or more" if zero_allowed else "a positive number (> 0)"
+        hint = " Leave it out to use the default." if value == 0 and not zero_allowed else ""
+        raise OptionValueError(name, f"expected {expected}, found {value!r}.{hint}")
+
+
+def _rooted(message: str, where: str) -> str:
+    """Make a component's own ``"training.lr must ..."`` read ``"<where>.lr: must ..."``.
+
+    Options classes that raise :class:`ConfigError` themselves name their fields relative to their own
+    table; the config path of that table is only known here.
+    """
+    if not where or message.startswith((f"{where}.", f"{where}:")):
+        return message
+    last = where.rsplit(".", 1)[-1]
+    for own in (f"{last}.", ""):
+        head, _, rest = message.partition(" ")
+        field = head.removeprefix(own) if own else head
+        if (not own or head.startswith(own)) and field.isidentifier() and rest.startswith("must "):
+            return f"{where}.{field}: {rest}"
+    return f"{where}: {message}"
 
 
 @functools.cache
@@ -66,11 +117,31 @@ def _type_hints(options_type: type) -> dict[str, Any]:
 
 def _check_type(path: str, value: Any, hint: Any) -> Any:
     """Return ``value`` (lists become tuples for tuple fields) or raise :class:`ConfigError`."""
+    bad = _non_finite(value, path)
+    if bad is not None:
+        raise ConfigError(f"{bad[0]}: expected a finite number, found {bad[1]!r}.")
     if _matches(value, hint):
         return value
     if isinstance(value, list) and _matches(_deep_tuple(value), hint):
         return _deep_tuple(value)
     raise ConfigError(f"{path}: expected {_describe(hint)}, found {type(value).__name__} {value!r}.")
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """``(path, value)`` of the first NaN / ±Inf anywhere in ``value`` (nested tables and arrays)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for inner_path, inner in items:
+        found = _non_finite(inner, inner_path)
+        if found is not None:
+            return found
+    return None
 
 
 def _deep_tuple(value: Any) -> Any:

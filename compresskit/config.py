@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from compresskit.errors import ConfigError
+from compresskit.config_lines import ConfigSource, locate
+from compresskit.errors import ConfigError, UsageError
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
 
@@ -41,27 +42,35 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Strategy:
-    """Read ``path``, apply ``--set`` ``overrides`` and return the validated :class:`Strategy`."""
+    """Read ``path``, apply ``--set`` ``overrides`` and return the validated :class:`Strategy`.
+
+    The strategy remembers its source (``Strategy.source``), so later checks — the preflight of every
+    component option — can point at ``file:line`` too.
+    """
     overrides = list(overrides)
     data = apply_overrides(read_toml(path), overrides)
+    source = ConfigSource.read(path, overrides)
     try:
-        return strategy_from_dict(data)
+        strategy = strategy_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(_with_location(str(exc), Path(path), overrides)) from None
+        raise ConfigError(locate(str(exc), source)) from None
+    return dataclasses.replace(strategy, source=source)
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     """Split ``"a.b[1].c=value"`` into ``(["a", "b", 1, "c"], value)`` with TOML value semantics."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps[1].options.stage2.lr=1e-4.")
+        raise UsageError(
+            f"--set {text!r}: expected KEY=VALUE, e.g. --set steps[1].options.training.learning_rate=1e-4."
+        )
     return parse_key_path(key.strip()), parse_value(raw.strip())
 
 
 def parse_key_path(key: str) -> list[str | int]:
     """``"steps[1].options"`` → ``["steps", 1, "options"]`` (``steps.1.options`` works too)."""
     if not _KEY_PATH.fullmatch(key):
-        raise ConfigError(f"--set {key!r}: malformed key path; use dotted keys and [i] for array items.")
+        raise UsageError(f"--set {key!r}: malformed key path; use dotted keys and [i] for array items.")
     return [
         int(index) if index else (int(word) if word.isdigit() else word)
         for word, index in _PATH_TOKEN.findall(key)
@@ -112,34 +121,13 @@ def format_path(path: Sequence[str | int]) -> str:
     return text
 
 
-def _with_location(message: str, file: Path, overrides: Sequence[str]) -> str:
-    """Append ``(file:line)`` for the offending key, or the ``--set`` that introduced it."""
-    dotted = message.split(":", 1)[0]
-    tokens = [t for t in re.split(r"[.\[\]]", dotted) if t and not t.isdigit()]
-    if not tokens:
-        return f"{file}: {message}"
-    key = tokens[-1]
-    for text in overrides:
-        written = text.partition("=")[0].strip()
-        if written == dotted or written.startswith((f"{dotted}.", f"{dotted}[")):
-            return f"{message} (from --set {text!r})"
-    pattern = re.compile(rf"^\s*(\"?{re.escape(key)}\"?\s*=|\[+[^\]]*\b{re.escape(key)}\]+)")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return message
-    for number, line in enumerate(lines, start=1):
-        if pattern.search(line):
-            return f"{message} ({file}:{number})"
-    return f"{message} (in {file})"
-
-
 def validate_components(strategy: Strategy, registry: Registry | None = None) -> None:
     """Instantiate every component the strategy names, so bad names or options fail up front."""
     registry = registry or Registry.from_plugins()
     registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     if strategy.tracking.tracker != "none":
-        registry.get("tracker", strategy.tracking.tracker, where="tracking.tracker")
+        options = tracker_options(strategy, registry)
+        registry.create("tracker", strategy.tracking.tracker, options, where="tracking.options")
     _validate_training(strategy.finetune.training, "finetune.training")
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
@@ -151,6 +139,19 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
                     registry.create("task", data.task, data.options, where=f"{where}.data.{name}.options")
         elif isinstance(step, DecomposeStep):
             _validate_decompose(step, registry, where)
+
+
+def tracker_options(strategy: Strategy, registry: Registry) -> dict[str, Any]:
+    """``[tracking] options`` plus ``experiment`` / ``tracking_uri`` where the tracker takes them."""
+    spec = strategy.tracking
+    options = dict(spec.options)
+    cls = registry.get("tracker", spec.tracker, where="tracking.tracker")
+    fields = getattr(getattr(cls, "Options", None), "__dataclass_fields__", {})
+    if "experiment" in fields:
+        options.setdefault("experiment", spec.experiment)
+    if "tracking_uri" in fields and spec.tracking_uri is not None:
+        options.setdefault("tracking_uri", spec.tracking_uri)
+    return options
 
 
 def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:
@@ -168,6 +169,12 @@ def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -
             _validate_training(training, f"{at}.training")
         losses = getattr(stage, "losses", None)
         if isinstance(losses, Mapping):
+            if not losses:
+                raise ConfigError(
+                    f"{at}.losses: the table is empty, so this stage would have nothing to minimise. Name at "
+                    "least one loss with its weight (e.g. losses = { logit_kl = 1.0 }), or leave the table "
+                    "out to use the distiller's default losses."
+                )
             for loss in losses:
                 registry.get("loss", str(loss), where=f"{at}.losses")
 
@@ -187,6 +194,7 @@ def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> 
     from compresskit.targets import parse_step
 
     for group in parse_step(step_as_mapping(step), where, registry=registry):
+        registry.get("decomposition", group.decomposition, where=f"{group.where}.decomposition")
         registry.create("decomposition", group.decomposition, group.options, where=f"{group.where}.options")
         for number, override in enumerate(group.overrides):
             merged = {**group.options, **override.options}

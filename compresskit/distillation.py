@@ -247,3 +247,20 @@ class Distiller(Component):
     ) -> dict[str, Any]:
         """Train the student; return per-stage results (losses, metrics, checkpoints)."""
         raise NotImplementedError(f"distiller {self.name!r} does not implement distill()")
+
+    def check_student(
+        self,
+        student: torch.nn.Module,
+        teachers: Mapping[str, torch.nn.Module],
+        *,
+        registry: Any = None,
+        where: str = "",
+    ) -> None:
+        """Raise a :class:`ConfigError` (naming ``where``, the options' config path) if :meth:`distill`
+        could not run against this student; called before any training.
+
+        ``student`` and ``teachers`` are shape-only copies on the ``meta`` device (the student as the
+        earlier decompose steps will leave it); they may be changed freely. Check what fails late
+        otherwise: loss names and options, the outputs the losses need, layer mappings, modules copied
+        from a teacher. The default checks nothing.
+        """

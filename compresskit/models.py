@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from compresskit.errors import ConfigError
+from compresskit.errors import CheckpointError, CompressKitError, ConfigError, NonFiniteWeightsError
 
 #: The ``transformers`` auto class that puts the right head on a model for each task problem type.
 AUTO_CLASSES = {
@@ -43,18 +43,120 @@ def resolve_model_path(value: str, where: str = "model.teacher") -> str:
     )
 
 
+#: Passed to every ``from_pretrained``: code shipped inside a model folder (``auto_map`` in its
+#: config.json) is never imported or run, and transformers never asks whether to run it.
+NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
+
+
 def load_hf_config(path: str, where: str = "model.teacher") -> Any:
     """The model's ``transformers`` config; a folder without one is a ConfigError naming ``where``."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
     except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"{where}: {path!r} is not a Hugging Face Transformer model folder ({first_line}). It needs a "
-            "config.json with a `model_type` and the weights (model.safetensors or pytorch_model.bin)."
+            f"{where}: {path!r} is not a Hugging Face Transformer model folder ({_reason(exc)}). It needs a "
+            "config.json with a `model_type` transformers knows, and the weights (model.safetensors or "
+            "pytorch_model.bin)."
         ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line about ``exc``; custom-code refusals say that compresskit never runs a folder's code."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "trust_remote_code" in text or "custom code" in text:
+        return (
+            "its config.json asks to run Python code shipped in the folder (auto_map), and compresskit "
+            "never runs code from model files; use a model whose architecture transformers provides"
+        )
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def pretrained(cls: Any, path: str | Path, where: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path, **kwargs)`` without remote code, every failure a clear error.
+
+    A folder transformers cannot read as a model is a :class:`ConfigError`; weights that cannot be
+    read (truncated or garbage safetensors, a pickle that ``weights_only`` loading refuses) are a
+    :class:`CheckpointError` naming the folder.
+    """
+    import pickle
+
+    try:
+        return cls.from_pretrained(str(path), **kwargs, **NO_REMOTE_CODE)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        if "size mismatch" in str(exc):  # the folder's head does not fit the task
+            raise ConfigError(f"{where}: cannot load {str(path)!r}: {_reason(exc)}") from None
+        raise CheckpointError(_unreadable_weights(path, where, exc)) from None
+    except (OSError, ValueError, KeyError) as exc:
+        if type(exc).__name__ == "SafetensorError" or "safetensors" in str(exc).lower():
+            raise CheckpointError(_unreadable_weights(path, where, exc)) from None
+        raise ConfigError(f"{where}: cannot load {str(path)!r}: {_reason(exc)}") from None
+    except Exception as exc:  # e.g. safetensors' own SafetensorError for a truncated file
+        raise CheckpointError(_unreadable_weights(path, where, exc)) from None
+
+
+def _unreadable_weights(path: str | Path, where: str, exc: BaseException) -> str:
+    if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+        return (
+            f"{where}: the pickle weights in {str(path)!r} were refused: they hold objects other than "
+            "tensors, and compresskit reads pickle files only with torch.load(weights_only=True) so that a "
+            "model file can never run code. Use a model saved as model.safetensors (if you trust this "
+            "file, convert it yourself in a separate, sandboxed step)."
+        )
+    return (
+        f"{where}: the weights in {str(path)!r} cannot be read ({type(exc).__name__}: {_reason(exc)}). The "
+        "file is truncated, damaged or not a weights file; re-download or re-save the model."
+    )
+
+
+def check_weight_files(path: str | Path, where: str = "model.teacher") -> None:
+    """Read every tensor of the folder's ``*.safetensors`` files: truncated, garbage or non-finite
+    weights are a :class:`CheckpointError` before any training (the file is read, nothing is kept)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return  # a Hub id: checked when loaded
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for key in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    _check_finite_tensor(weights.get_tensor(key), file, key, where)
+        except CompressKitError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(_unreadable_weights(file, where, exc)) from None
+    if not any(folder.glob("*.safetensors")):
+        for file in sorted(folder.glob("*.bin")):
+            _check_pickle_weights(file, where)
+
+
+def _check_pickle_weights(file: Path, where: str) -> None:
+    """A pickle weights file read as transformers would (``weights_only=True``: no code can run)."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)  # the legacy format
+    except Exception as exc:
+        raise CheckpointError(_unreadable_weights(file, where, exc)) from None
+    for key, tensor in state.items() if isinstance(state, dict) else ():
+        if isinstance(tensor, torch.Tensor):
+            _check_finite_tensor(tensor, file, str(key), where)
+
+
+def _check_finite_tensor(tensor: torch.Tensor, file: Path, key: str, where: str) -> None:
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise NonFiniteWeightsError(
+        f"{where}: {file} holds {bad} NaN/Inf value(s) in {key!r}; a model with non-finite weights cannot "
+        "be fine-tuned or compressed. Re-download or re-save the model, or use the last good checkpoint "
+        "of the run that produced it."
+    )
 
 
 def is_finetuned_for(config: Any, task: Any) -> bool:
@@ -89,9 +191,7 @@ def load_task_model(path: str | Path, task: Any, *, where: str = "model.teacher"
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialised head" warnings are expected here
     try:
-        return auto_class(task).from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot load {str(path)!r} as a model for {task.name!r}: {exc}") from None
+        return pretrained(auto_class(task), path, f"{where} (for task {task.name!r})", **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
 
@@ -101,9 +201,10 @@ def load_tokenizer(path: str | Path, where: str = "model.tokenizer") -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: no tokenizer could be loaded from {str(path)!r}: {exc}") from None
+        return AutoTokenizer.from_pretrained(str(path), **NO_REMOTE_CODE)
+    except (OSError, ValueError, KeyError) as exc:
+        problem = _reason(exc)
+        raise ConfigError(f"{where}: no tokenizer could be loaded from {str(path)!r}: {problem}") from None
 
 
 def forward_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:

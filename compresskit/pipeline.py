@@ -28,17 +28,28 @@ from typing import Any
 import torch
 
 from compresskit import stages
-from compresskit.errors import ConfigError
+from compresskit.errors import CompressKitError, ConfigError, TrainingError
 from compresskit.models import resolve_model_path
 from compresskit.registry import Registry
-from compresskit.run_state import RunState, write_json_atomic
+from compresskit.run_lock import LOCK_FILES, RunLock
+from compresskit.run_recovery import (
+    is_storage_failure,
+    non_finite_way_out,
+    set_aside_stale_work,
+    storage_failure,
+)
+from compresskit.run_state import RunState, write_json_atomic, write_text_atomic
 from compresskit.seeding import seeded
+from compresskit.signals import terminate_as_interrupt
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 from compresskit.summary import format_summary, summarize
 from compresskit.tracking import NullTracker, Tracker
 
 #: Parts of the strategy every stage depends on (fingerprinted with the steps up to the stage).
 BASE_PARTS = ("model", "task", "finetune", "seed")
+#: ``state.json`` keys: the tracked run's last status, and the fingerprint each stage last started with.
+RUN_STATUS = "run_status"
+STARTED = "started"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,11 @@ class Pipeline:
         self._tracker = tracker
 
     def run(self) -> CompressResult:
-        """Run every stage not already complete; return the :class:`CompressResult`."""
+        """Run every stage not already complete; return the :class:`CompressResult`.
+
+        Holds the run folder's lock (:class:`~compresskit.run_lock.RunLock`) throughout, and handles
+        SIGTERM like Ctrl-C: the tracked run is marked ``KILLED`` and the interruption propagates.
+        """
         from compresskit.preflight import preflight
 
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -101,12 +116,17 @@ class Pipeline:
                 f"(torch {torch.__version__}); use --device cpu, or run on a machine with a GPU."
             )
         checked = preflight(self.strategy, self.registry)
-        if self.restart and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = RunState(self.run_dir)
+        with terminate_as_interrupt(), RunLock(self.run_dir):
+            if self.restart:
+                _empty_run_dir(self.run_dir)
+            state = RunState(self.run_dir)
+            return self._run_locked(checked, state)
+
+    def _run_locked(self, checked: Any, state: RunState) -> CompressResult:
         self._write_resolved_config()
-        tracker = self._tracker or self._make_tracker()
+        complete = self._all_complete(state)  # a folder of another strategy is refused before tracking
+        finished = complete and state.data.get(RUN_STATUS) == "FINISHED"
+        tracker: Tracker = NullTracker() if finished else (self._tracker or self._make_tracker())
         ctx = stages.RunContext(
             strategy=self.strategy,
             registry=self.registry,
@@ -118,56 +138,72 @@ class Pipeline:
             device=self.device,
             progress=self.progress,
         )
-        self._start_tracking(tracker, state)
+        if finished:
+            self.echo(f"[compresskit] every stage is already complete in {self.run_dir}; nothing to track")
+        else:
+            self._start_tracking(tracker, state)
         try:
-            summary = self._run_stages(ctx, state, checked.teacher_is_finetuned)
+            summary = self._run_stages(ctx, state, checked.teacher_is_finetuned, log_final=not finished)
         except KeyboardInterrupt:
-            tracker.end_run("KILLED")
+            self._end(tracker, state, "KILLED", finished)
             raise
         except BaseException:
-            tracker.end_run("FAILED")
+            self._end(tracker, state, "FAILED", finished)
             raise
-        tracker.end_run("FINISHED")
+        self._end(tracker, state, "FINISHED", finished)
         return CompressResult(
             self.run_dir, self.run_dir / stages.MODEL_DIR, summary, state.data.get("run_id")
         )
 
+    def _end(self, tracker: Tracker, state: RunState, status: str, finished_before: bool) -> None:
+        """Close the tracked run with ``status`` and record it (a finished folder re-run changes nothing)."""
+        if finished_before:
+            return
+        try:
+            tracker.end_run(status)
+        finally:
+            state.set(RUN_STATUS, status)
+
     # ------------------------------------------------------------------ stages
 
-    def _run_stages(self, ctx: stages.RunContext, state: RunState, teacher_is_finetuned: bool) -> dict:
+    def _run_stages(
+        self, ctx: stages.RunContext, state: RunState, teacher_is_finetuned: bool, *, log_final: bool = True
+    ) -> dict:
+        parts = self._stage_parts()
         teacher = self._stage(
-            state, "teacher", self._parts(0), lambda: self._teacher(ctx, teacher_is_finetuned)
+            state, "teacher", parts["teacher"], lambda: self._teacher(ctx, teacher_is_finetuned)
         )
         teacher_dir = teacher["path"]
         current: str | None = None
         for index, step in enumerate(self.strategy.steps):
             key = f"steps[{index}]:{step.kind}"
             out = self.run_dir / "steps" / f"{index:02d}-{step.kind}"
-            result = self._stage(
-                state,
-                key,
-                self._parts(index + 1),
-                self._step_runner(ctx, index, step, current, teacher_dir, out),
-            )
-            current = result["path"]
-        final_parts = self._parts(len(self.strategy.steps))
+            runner = self._step_runner(ctx, index, step, current, teacher_dir, out)
+            current = self._stage(state, key, parts[key], runner)["path"]
         evaluation = self._stage(
-            state,
-            "evaluate",
-            {**final_parts, "evaluation": self._part("evaluation")},
-            lambda: self._evaluate(ctx, teacher_dir, current),
+            state, "evaluate", parts["evaluate"], lambda: self._evaluate(ctx, teacher_dir, current)
         )
-        saved = self._stage(state, "save", final_parts, lambda: self._save(ctx, teacher_dir, current))
-        measured = self._stage(
-            state,
-            "measure",
-            {**final_parts, "measure": self._part("measure")},
-            lambda: self._measure(ctx, saved),
-        )
+        saved = self._stage(state, "save", parts["save"], lambda: self._save(ctx, teacher_dir, current))
+        measured = self._stage(state, "measure", parts["measure"], lambda: self._measure(ctx, saved))
         summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
         write_json_atomic(self.run_dir / "summary.json", summary)
-        self._log_final(ctx.tracker, summary)
+        if log_final:
+            self._log_final(ctx.tracker, summary)
         return summary
+
+    def _stage_parts(self) -> dict[str, dict[str, Any]]:
+        """Stage key → the parts of the strategy it depends on (hashed into its fingerprint), in order."""
+        parts: dict[str, dict[str, Any]] = {"teacher": self._parts(0)}
+        for index, step in enumerate(self.strategy.steps):
+            parts[f"steps[{index}]:{step.kind}"] = self._parts(index + 1)
+        final = self._parts(len(self.strategy.steps))
+        parts["evaluate"] = {**final, "evaluation": self._part("evaluation")}
+        parts["save"] = final
+        parts["measure"] = {**final, "measure": self._part("measure")}
+        return parts
+
+    def _all_complete(self, state: RunState) -> bool:
+        return all(state.result(key, _hash(p)) is not None for key, p in self._stage_parts().items())
 
     def _stage(self, state: RunState, key: str, parts: Mapping[str, Any], run: Callable[[], dict]) -> dict:
         fingerprint = _hash(parts)
@@ -175,16 +211,41 @@ class Pipeline:
         if done is not None:
             self.echo(f"[compresskit] {key}: already complete in {self.run_dir}, skipped")
             return done
+        self._prepare_stage(state, key, fingerprint)
         self.echo(f"[compresskit] {key}: running")
         start = time.perf_counter()
-        with seeded(self.strategy.seed):  # what a stage builds (a new head, projections): seed only
-            result = run()
+        try:
+            with seeded(self.strategy.seed):  # what a stage builds (a new head, projections): seed only
+                result = run()
+        except TrainingError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            way_out = non_finite_way_out(self.strategy, key, str(exc), self.run_dir, self.registry)
+            raise TrainingError(f"{exc}{way_out}") from None
+        except Exception as exc:
+            if isinstance(exc, CompressKitError) or not is_storage_failure(exc):
+                raise
+            intact = "the stages completed before are intact and a rerun resumes after them"
+            raise storage_failure(exc, f"the output of stage {key} in {self.run_dir}", intact) from exc
         seconds = time.perf_counter() - start
         state.complete(key, fingerprint, result, seconds)
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
         if self.on_stage_end is not None:
             self.on_stage_end(key)
         return result
+
+    def _prepare_stage(self, state: RunState, key: str, fingerprint: str) -> None:
+        """Record that ``key`` starts with ``fingerprint``; partial work of other settings is set aside."""
+        started = dict(state.data.get(STARTED, {}))
+        if started.get(key) not in (None, fingerprint):
+            moved = set_aside_stale_work(self.run_dir, key)
+            if moved is not None:
+                self.echo(
+                    f"[compresskit] {key}: its settings changed since it stopped; its partial work was "
+                    f"moved to {moved} and the stage starts over"
+                )
+        started[key] = fingerprint
+        state.set(STARTED, started)
 
     def _teacher(self, ctx: stages.RunContext, already_finetuned: bool) -> dict[str, Any]:
         given = self.strategy.model.finetuned_teacher
@@ -244,32 +305,31 @@ class Pipeline:
     # ------------------------------------------------------------------ tracking and helpers
 
     def _make_tracker(self) -> Tracker:
+        from compresskit.config import tracker_options
+
         spec = self.strategy.tracking
         if spec.tracker == "none":
             return NullTracker()
-        options = dict(spec.options)
-        cls = self.registry.get("tracker", spec.tracker, where="tracking.tracker")
-        fields = getattr(getattr(cls, "Options", None), "__dataclass_fields__", {})
-        if "experiment" in fields:
-            options.setdefault("experiment", spec.experiment)
-        if "tracking_uri" in fields and spec.tracking_uri is not None:
-            options.setdefault("tracking_uri", spec.tracking_uri)
+        options = tracker_options(self.strategy, self.registry)
         return self.registry.create("tracker", spec.tracker, options, where="tracking.options")
 
     def _start_tracking(self, tracker: Tracker, state: RunState) -> None:
+        """Open the run folder's tracked run: the one an earlier invocation opened, else a new one."""
         tags = {
             "strategy": self.strategy.name,
             "task": _task_tag(self.strategy),
             "teacher": self.strategy.model.teacher,
+            "run_dir": str(self.run_dir.resolve()),
         }
         previous = state.data.get("run_id")
+        experiment = self.strategy.tracking.experiment
         if previous:
-            tags["resumed_run"] = str(previous)
-        run_id = tracker.start_run(
-            self.strategy.name, experiment=self.strategy.tracking.experiment, tags=tags
-        )
+            run_id = tracker.resume_run(str(previous), self.strategy.name, experiment=experiment, tags=tags)
+        else:
+            run_id = tracker.start_run(self.strategy.name, experiment=experiment, tags=tags)
         if run_id is not None:
             state.set("run_id", run_id)
+        state.set(RUN_STATUS, "RUNNING")
         stages.log_params(tracker, self.strategy)
         tracker.log_artifact(self.run_dir / "strategy.toml")
 
@@ -280,7 +340,7 @@ class Pipeline:
     def _write_resolved_config(self) -> None:
         from compresskit.config import dumps_toml
 
-        (self.run_dir / "strategy.toml").write_text(dumps_toml(self.strategy.to_dict()))
+        write_text_atomic(self.run_dir / "strategy.toml", dumps_toml(self.strategy.to_dict()))
 
     def _part(self, name: str) -> Any:
         return self.strategy.to_dict().get(name)
@@ -288,6 +348,17 @@ class Pipeline:
     def _parts(self, steps: int) -> dict[str, Any]:
         data = self.strategy.to_dict()
         return {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+
+
+def _empty_run_dir(run_dir: Path) -> None:
+    """``--restart``: delete everything in the run folder but its lock (held by this process)."""
+    for entry in run_dir.iterdir():
+        if entry.name in LOCK_FILES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _print_flushed(message: str) -> None:

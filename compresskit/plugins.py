@@ -7,7 +7,9 @@ plugins declare an entry point in the group ``compresskit``::
     myplugin = "my_package.plugin"
 
 ``COMPRESSKIT_DISABLE_PLUGINS`` (comma-separated) blocks plugins by name: an entry-point name, a
-built-in's short name (``kronecker``) or its module (``compresskit_plugins.kronecker``).
+built-in's short name (``kronecker``) or its module (``compresskit_plugins.kronecker``). A name that no
+installed plugin has is a :class:`PluginWarning` listing the installed ones; asking for a component of
+a blocked plugin says that it is blocked (:meth:`compresskit.registry.Registry.info`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
@@ -22,7 +25,7 @@ from types import ModuleType
 import pluggy
 
 from compresskit import hookspecs
-from compresskit.errors import PluginError
+from compresskit.errors import PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "compresskit"
 DISABLE_ENV = "COMPRESSKIT_DISABLE_PLUGINS"
@@ -53,6 +56,25 @@ class PluginSource:
     version: str
 
 
+@dataclass(frozen=True)
+class BlockedPlugin:
+    """A plugin ``COMPRESSKIT_DISABLE_PLUGINS`` kept out; ``load()`` imports it only on demand (to tell a
+    user that the component they asked for exists but is blocked)."""
+
+    source: PluginSource
+    entry_point: metadata.EntryPoint | None = None
+
+    def load(self) -> object:
+        if self.entry_point is not None:
+            return self.entry_point.load()
+        return importlib.import_module(self.source.module)
+
+
+class PluginWarning(UserWarning):
+    """A plugin setting that does nothing (e.g. a name in ``COMPRESSKIT_DISABLE_PLUGINS`` that no
+    installed plugin has)."""
+
+
 def get_plugin_manager(
     extra_plugins: Iterable[object] = (),
     *,
@@ -66,13 +88,21 @@ def get_plugin_manager(
     blocked = set(disabled if disabled is not None else _disabled_from_env())
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
+    kept_out: list[BlockedPlugin] = []
     for module_name in BUILTIN_PLUGINS:
-        if not _is_blocked(module_name, module_name.rsplit(".", 1)[-1], blocked):
+        if _is_blocked(module_name, module_name.rsplit(".", 1)[-1], blocked):
+            kept_out.append(BlockedPlugin(_builtin_source(module_name)))
+        else:
             _register(manager, _import_builtin(module_name), _builtin_source(module_name))
-    if load_entry_points:
-        for entry_point in _entry_points():
-            if not _is_blocked(entry_point.value, entry_point.name, blocked):
-                _register(manager, _load_entry_point(entry_point), _entry_point_source(entry_point))
+    entry_points = _entry_points() if load_entry_points else []
+    for entry_point in entry_points:
+        if _is_blocked(entry_point.value, entry_point.name, blocked):
+            kept_out.append(BlockedPlugin(_entry_point_source(entry_point), entry_point))
+        else:
+            _register(manager, _load_entry_point(entry_point), _entry_point_source(entry_point))
+    manager.__dict__["_compresskit_blocked"] = tuple(kept_out)
+    if disabled is None:
+        _warn_unknown_blocked(blocked, entry_points)
     for extra in extra_plugins:
         module = getattr(extra, "__name__", type(extra).__name__)
         _register(manager, extra, PluginSource(module, module, "(registered in code)", ""))
@@ -88,6 +118,26 @@ def plugin_source(manager: pluggy.PluginManager, plugin: object) -> PluginSource
         return found
     name = manager.get_name(plugin) or repr(plugin)
     return PluginSource(name, name, "(unknown)", "")
+
+
+def blocked_plugins(manager: pluggy.PluginManager) -> tuple[BlockedPlugin, ...]:
+    """The plugins ``manager`` was built without because ``COMPRESSKIT_DISABLE_PLUGINS`` blocks them."""
+    blocked: tuple[BlockedPlugin, ...] = getattr(manager, "_compresskit_blocked", ())
+    return blocked
+
+
+def _warn_unknown_blocked(blocked: set[str], entry_points: list[metadata.EntryPoint]) -> None:
+    """Warn about names in the block list that no installed plugin has (a typo blocks nothing)."""
+    short = [m.rsplit(".", 1)[-1] for m in BUILTIN_PLUGINS]
+    known = {*BUILTIN_PLUGINS, *short, *(ep.name for ep in entry_points), *(ep.value for ep in entry_points)}
+    names = sorted({*short, *(ep.name for ep in entry_points)})
+    for name in sorted(blocked - known):
+        warnings.warn(
+            f"{DISABLE_ENV}: no installed plugin is named {name!r}, so it blocks nothing."
+            f"{did_you_mean(name, names)} Installed plugins: {', '.join(names)}.",
+            PluginWarning,
+            stacklevel=3,
+        )
 
 
 def _disabled_from_env() -> list[str]:
@@ -106,7 +156,7 @@ def _entry_points() -> list[metadata.EntryPoint]:
 def _import_builtin(module_name: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import must not end the CLI
         raise PluginError(
             f"built-in plugin {module_name!r} failed to import: {type(exc).__name__}: {exc}. "
             f"Set {DISABLE_ENV}={module_name.rsplit('.', 1)[-1]} to run without it."
@@ -116,7 +166,7 @@ def _import_builtin(module_name: str) -> ModuleType:
 def _load_entry_point(entry_point: metadata.EntryPoint) -> object:
     try:
         return entry_point.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         dist = entry_point.dist.name if entry_point.dist else "an unknown distribution"
         raise PluginError(
             f"plugin {entry_point.name!r} (module {entry_point.value!r}, from {dist}) failed to "

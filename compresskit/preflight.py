@@ -1,12 +1,19 @@
 """Checks run before any training: everything about a strategy that can be known in advance.
 
-In order: component names and options (through the registry), the teacher path (exists, holds a
-Transformer config), the fine-tuned teacher if given, the tokenizer, the task's data files, and a
-dry-run plan of every decompose step on the real architecture (built on the ``meta`` device, so no
-weights are loaded) — "a strategy that cannot be applied to this architecture" fails here.
+In order (each failure is a :class:`~compresskit.errors.CompressKitError` naming the config path, and
+``file:line`` when the strategy was read from a file):
 
-Each decompose step is planned on the dense architecture. A later step that targets modules an
-earlier step already replaced is only checked when it runs.
+1. the schema (done when the strategy was built: unknown keys, types, finite numbers, limits, repeats
+   and lengths > 0, the seed range) and a strategy with at least one step;
+2. every component the strategy names, with its options, through the registry — training tables of
+   fine-tuning and of every distiller stage included, and no stage with an empty ``losses`` table;
+3. the teacher path (exists, holds a Transformer config transformers provides — no code from the
+   folder is ever run — and safetensors weights that read back whole and finite), the fine-tuned
+   teacher if given, the tokenizer;
+4. every data split the run will read, read with the task's validating reader (:mod:`.preflight_data`);
+5. a dry run of the steps on a shape-only copy of the model (:mod:`.preflight_plan`): each decompose
+   step must replace at least one module and no replacement may grow its module; each distiller checks
+   its requirements against the student those steps produce.
 """
 
 from __future__ import annotations
@@ -17,17 +24,21 @@ from typing import Any
 
 import torch
 
-from compresskit.config import step_as_mapping, validate_components
-from compresskit.errors import CompressKitError, ConfigError, DataError
+from compresskit.config import validate_components
+from compresskit.config_lines import locate
+from compresskit.errors import CompressKitError, ConfigError
 from compresskit.models import (
     auto_class,
+    check_weight_files,
     is_finetuned_for,
     load_hf_config,
     load_tokenizer,
     resolve_model_path,
 )
+from compresskit.preflight_data import check_data
+from compresskit.preflight_plan import dry_run_steps
 from compresskit.registry import Registry
-from compresskit.strategy import DecomposeStep, Strategy
+from compresskit.strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -42,15 +53,43 @@ class Checked:
 
 
 def preflight(strategy: Strategy, registry: Registry) -> Checked:
-    """Validate ``strategy`` completely without training; raise a CompressKitError on bad input."""
+    """Validate ``strategy`` completely without training; raise a CompressKitError on bad input.
+
+    When the strategy was read from a file, every message names the ``file:line`` of the value (or the
+    ``--set`` that wrote it).
+    """
+    try:
+        return _preflight(strategy, registry)
+    except CompressKitError as exc:
+        located = locate(str(exc), strategy.source)
+        if located == str(exc):
+            raise
+        raise _same_kind(exc, located) from None
+
+
+def _same_kind(exc: CompressKitError, message: str) -> CompressKitError:
+    try:
+        return type(exc)(message)
+    except TypeError:  # a subclass with another constructor: keep its exit status through the base
+        return ConfigError(message)
+
+
+def _preflight(strategy: Strategy, registry: Registry) -> Checked:
+    if not strategy.steps:
+        raise ConfigError(
+            "steps: the strategy has no steps, so it would only fine-tune and evaluate the teacher. Add a "
+            '[[steps]] table with kind = "decompose" (and usually one with kind = "distill").'
+        )
     validate_components(strategy, registry)
     task = registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     pretrained = resolve_model_path(strategy.model.teacher, "model.teacher")
     config = load_hf_config(pretrained, "model.teacher")
+    check_weight_files(pretrained, "model.teacher")
     finetuned_given = strategy.model.finetuned_teacher
     if finetuned_given is not None:
         finetuned = resolve_model_path(finetuned_given, "model.finetuned_teacher")
         load_hf_config(finetuned, "model.finetuned_teacher")
+        check_weight_files(finetuned, "model.finetuned_teacher")
     teacher_is_finetuned = finetuned_given is not None or is_finetuned_for(config, task)
     if strategy.model.student is not None:
         check_student_folder(strategy.model.student)
@@ -58,8 +97,8 @@ def preflight(strategy: Strategy, registry: Registry) -> Checked:
     tokenizer = load_tokenizer(
         tokenizer_source, "model.tokenizer" if strategy.model.tokenizer else "model.teacher"
     )
-    check_task_files(task, strategy, needs_train=not teacher_is_finetuned)
-    plans = plan_steps(strategy, registry, config, task)
+    check_data(strategy, registry, task, needs_train=not teacher_is_finetuned)
+    plans = dry_run_steps(strategy, registry, meta_model(config, task))
     return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans)
 
 
@@ -73,48 +112,10 @@ def check_student_folder(folder: str) -> None:
         )
 
 
-def check_task_files(task: Any, strategy: Strategy, *, needs_train: bool) -> None:
-    """The evaluation split (and the train split when the teacher must be fine-tuned) must be readable."""
-    split = strategy.evaluation.split
-    if split not in task.splits():
-        raise ConfigError(
-            f"evaluation.split: {split!r} is not a split of task {task.name!r} ({task.splits()})."
-        )
-    wanted = [split, "train"] if needs_train and "train" in task.splits() else [split]
-    for name in wanted:
-        data_path = getattr(task, "data_path", None)
-        if callable(data_path):
-            path = Path(data_path(name))
-            if not path.is_file():
-                raise DataError(
-                    f"task {task.name!r}: the {name} file {path} does not exist; set task.options.data_dir "
-                    "to the folder holding the task's files."
-                )
-        else:
-            task.load_split(name)
-
-
 def meta_model(config: Any, task: Any) -> torch.nn.Module:
     """The architecture with the task head, on the ``meta`` device (shapes only, no memory)."""
     kwargs = dict(task.model_kwargs()) if hasattr(task, "model_kwargs") else {}
     for key, value in kwargs.items():
         setattr(config, key, value)
     with torch.device("meta"):
-        return auto_class(task).from_config(config)
-
-
-def plan_steps(strategy: Strategy, registry: Registry, config: Any, task: Any) -> tuple[Any, ...]:
-    """Dry-run plan of every decompose step on the dense architecture."""
-    steps = [(i, s) for i, s in enumerate(strategy.steps) if isinstance(s, DecomposeStep)]
-    if not steps:
-        return ()
-    from compresskit.walker import plan_compression
-
-    model = meta_model(config, task)
-    plans = []
-    for index, step in steps:
-        try:
-            plans.append(plan_compression(model, step_as_mapping(step), registry=registry))
-        except CompressKitError as exc:
-            raise type(exc)(f"steps[{index}] cannot be applied to {type(model).__name__}: {exc}") from None
-    return tuple(plans)
+        return auto_class(task).from_config(config, trust_remote_code=False)

@@ -19,7 +19,14 @@ from compresskit.decomposition import Decomposition
 from compresskit.distillation import Distiller, Loss
 from compresskit.errors import DuplicateNameError, PluginError, unknown_name
 from compresskit.hookspecs import REGISTER_HOOKS
-from compresskit.plugins import PluginSource, get_plugin_manager, plugin_source
+from compresskit.plugins import (
+    DISABLE_ENV,
+    BlockedPlugin,
+    PluginSource,
+    blocked_plugins,
+    get_plugin_manager,
+    plugin_source,
+)
 from compresskit.presets import Preset
 from compresskit.tasks import Task
 from compresskit.tracking import Tracker
@@ -59,7 +66,7 @@ class ComponentInfo:
 class Registry:
     """Every component of every kind, looked up by ``registry.get(kind, name)``."""
 
-    def __init__(self, entries: Iterable[ComponentInfo]) -> None:
+    def __init__(self, entries: Iterable[ComponentInfo], blocked: Iterable[BlockedPlugin] = ()) -> None:
         tables: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in REGISTER_HOOKS}
         for entry in entries:
             table = tables[entry.kind]
@@ -67,12 +74,14 @@ class Registry:
                 raise _duplicate(entry, table[entry.name])
             table[entry.name] = entry
         self._tables = {kind: MappingProxyType(table) for kind, table in tables.items()}
+        #: Plugins COMPRESSKIT_DISABLE_PLUGINS kept out (consulted only to explain an unknown name).
+        self.blocked = tuple(blocked)
 
     @classmethod
     def from_plugins(cls, manager: pluggy.PluginManager | None = None) -> Registry:
         """Call every ``compresskit_register_*`` hook of ``manager`` (a fresh one by default)."""
         manager = manager or get_plugin_manager()
-        return cls(_collect(manager))
+        return cls(_collect(manager), blocked_plugins(manager))
 
     def names(self, kind: str) -> list[str]:
         """Sorted names of the registered components of ``kind``."""
@@ -82,8 +91,28 @@ class Registry:
         """The :class:`ComponentInfo` for ``name``; an unknown name lists the alternatives."""
         table = self._table(kind)
         if name not in table:
-            raise unknown_name(kind, name, table, where)
+            raise unknown_name(kind, name, table, where, note=self._blocked_note(kind, name))
         return table[name]
+
+    def _blocked_note(self, kind: str, name: str) -> str:
+        """Say so when ``name`` exists in a blocked plugin (imported here, on the error path only)."""
+        unchecked = []
+        for plugin in self.blocked:
+            try:
+                names = _component_names(plugin.load(), kind)
+            except (Exception, SystemExit):  # a blocked plugin may well be broken: that is why it is blocked
+                unchecked.append(plugin.source.name)
+                continue
+            if name in names:
+                return (
+                    f" {kind.capitalize()} {name!r} exists: plugin {plugin.source.name!r} (module "
+                    f"{plugin.source.module}, from {plugin.source.distribution}) provides it, but "
+                    f"{DISABLE_ENV} blocks that plugin; remove {plugin.source.name!r} from {DISABLE_ENV} "
+                    "to use it."
+                )
+        if unchecked:
+            return f" ({DISABLE_ENV} also blocks plugin(s) {', '.join(unchecked)}, which may provide it.)"
+        return ""
 
     def get(self, kind: str, name: str, *, where: str = "") -> type[Any]:
         """The class registered as ``name`` of ``kind``."""
@@ -119,10 +148,17 @@ def _collect(manager: pluggy.PluginManager) -> list[ComponentInfo]:
     return entries
 
 
+def _component_names(plugin: object, kind: str) -> set[str]:
+    """Names a plugin module or object registers for ``kind`` (calling its hook directly)."""
+    hook = getattr(plugin, REGISTER_HOOKS[kind], None)
+    classes = hook() if callable(hook) else None
+    return {getattr(cls, "name", "") for cls in classes or ()}
+
+
 def _call_registration(function: Any, hook_name: str, source: PluginSource) -> list[type]:
     try:
         result = function()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise PluginError(
             f"plugin {source.name!r} (module {source.module!r}) raised in {hook_name}: "
             f"{type(exc).__name__}: {exc}"

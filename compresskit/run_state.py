@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from compresskit.errors import CheckpointError
+from compresskit.errors import CheckpointError, StorageError
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
@@ -82,12 +82,29 @@ class RunState:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and ``os.replace``."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and ``os.replace``.
+
+    If the write fails (a full disk), the temporary file is removed and ``path`` keeps its old content;
+    the error is a :class:`StorageError` saying so.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StorageError(
+            f"could not write {path} ({first_line}); its previous content is intact. Free disk space (or "
+            "use another --output) and run the same command again."
+        ) from exc
 
 
 def _read(path: Path) -> dict[str, Any]:

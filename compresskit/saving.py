@@ -155,7 +155,7 @@ def _instantiate(folder: Path, model_class: type[nn.Module] | None) -> nn.Module
     import transformers
 
     try:
-        config = transformers.AutoConfig.from_pretrained(str(folder))
+        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: cannot read the model config: {exc}") from exc
     if model_class is None:
@@ -179,6 +179,11 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (RuntimeError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: the weights do not match the compression plan: {exc}") from None
+    except Exception as exc:  # safetensors' SafetensorError: a truncated or garbage file
+        raise CheckpointError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is truncated or damaged. "
+            "Save the model again (or copy the folder again)."
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: the weights do not match the compression plan; missing keys: "

@@ -234,7 +234,11 @@ def save_student(model: torch.nn.Module, folder: Path) -> None:
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tmp)
+    try:
+        save(model, tmp)
+    except BaseException:  # a full disk or an interruption leaves no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from compresskit.component import parse_options
+from compresskit.component import OptionValueError, parse_options, require_positive
+from compresskit.config_lines import ConfigSource
 from compresskit.errors import ConfigError, did_you_mean
+from compresskit.seeding import SEED_RANGE
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class FinetuneSpec:
     #: ``[finetune.training]``: fields of :class:`compresskit.training.TrainingConfig`.
     training: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        require_positive(self, "max_length", "train_limit")
+
 
 @dataclass(frozen=True)
 class DecomposeStep:
@@ -105,6 +110,9 @@ class DataSpec:
     #: Batch examples of similar length together (see :func:`compresskit.tasks.list_dataloader`).
     group_by_length: bool = True
 
+    def __post_init__(self) -> None:
+        require_positive(self, "max_length", "limit")
+
 
 @dataclass(frozen=True)
 class DistillStep:
@@ -135,6 +143,9 @@ class EvaluationSpec:
     max_length: int | None = None
     limit: int | None = None
 
+    def __post_init__(self) -> None:
+        require_positive(self, "batch_size", "max_length", "limit")
+
 
 @dataclass(frozen=True)
 class MeasureSpec:
@@ -145,6 +156,10 @@ class MeasureSpec:
     repeats: int = 20
     warmup: int = 3
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        require_positive(self, "seq_len", "batch_size", "repeats", "threads")
+        require_positive(self, "warmup", zero_allowed=True)
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,15 @@ class Strategy:
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    #: The file and ``--set`` overrides it was read from (for ``file:line`` in errors); not a config key.
+    source: ConfigSource | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        low, high = SEED_RANGE
+        if not low <= self.seed <= high:
+            raise OptionValueError(
+                "seed", f"expected an integer from {low} to {high} (2**32 - 1), found {self.seed!r}."
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> Strategy:
@@ -188,7 +212,9 @@ class Strategy:
 
     def to_dict(self) -> dict[str, Any]:
         """The config-file form (``None`` values left out, tuples as lists): JSON- and TOML-able."""
-        return _plain(dataclasses.asdict(self))
+        data = _plain(dataclasses.asdict(dataclasses.replace(self, source=None)))
+        data.pop("source", None)
+        return dict(data)
 
     def fingerprint(self, *parts: str) -> str:
         """A short hash of the named top-level parts (all of them when none is named)."""
@@ -228,7 +254,7 @@ def strategy_from_dict(data: Mapping[str, Any], *, where: str = "") -> Strategy:
             values[key] = _section(spec, data[key], _join(where, key))
     if "steps" in data:
         values["steps"] = _steps(data["steps"], _join(where, "steps"))
-    return parse_options(Strategy, values, where or "config")
+    return parse_options(Strategy, values, where)
 
 
 def _section(spec: type, value: Any, where: str) -> Any:

@@ -145,7 +145,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"Compressed model: {summary['model_dir']}",
     ]
     uri = summary.get("tracking_uri")
-    if uri:
+    if uri and summary.get("run_id"):  # only a run the tracking store holds can be opened in the UI
         lines.append(f"MLflow run {summary.get('run_id')}: open the UI with")
         lines.append(f"  mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000")
     return "\n".join(lines)

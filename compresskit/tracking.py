@@ -16,7 +16,7 @@ from compresskit.component import Component
 class Tracker(Component):
     """Base class of experiment trackers (registered through ``compresskit_register_trackers``).
 
-    Lifecycle: :meth:`start_run` → any number of ``log_*`` calls → :meth:`end_run`.
+    Lifecycle: :meth:`start_run` (or :meth:`resume_run`) → any number of ``log_*`` calls → :meth:`end_run`.
     Implementations must not raise from the ``log_*`` methods once a run has started: a tracking
     failure is reported, never allowed to lose the results of training.
     """
@@ -26,6 +26,22 @@ class Tracker(Component):
     ) -> str | None:
         """Open a run; return its id (``None`` if this tracker has no ids)."""
         return None
+
+    def resume_run(
+        self,
+        run_id: str,
+        run_name: str,
+        *,
+        experiment: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """Continue the run ``run_id`` that an earlier invocation in the same run folder opened (an
+        interrupted or repeated run); return the id now in use.
+
+        The pipeline keeps one tracked run per run folder through this. The default opens a new run:
+        trackers that can reopen a run override it.
+        """
+        return self.start_run(run_name, experiment=experiment, tags=tags)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record parameters (flat mapping; nested values are flattened by the caller)."""

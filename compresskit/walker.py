@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit.decomposition import DEFAULT_TOKENS, Cost, Decomposition, class_names, dense_bias, dense_cost
-from compresskit.errors import CompressKitError, DecompositionError
+from compresskit.errors import CompressKitError, DecompositionError, NonFiniteWeightsError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan, CompressionReport, PlannedModule, SkippedModule
 from compresskit.targets import Group, head_names, matches_types, no_match_error, parse_groups, parse_step
@@ -173,6 +173,7 @@ class _Planner:
             self.excluded.append(SkippedModule(entry.name, kind, group.name, "output head"))
             return
         _check_not_sharded(entry)
+        _check_finite(entry)
         options = group.options_for(entry.names)
         decomposition = self.decomposition(group, options)
         if group.types and not decomposition.handles(entry.module):
@@ -410,6 +411,23 @@ def _check_not_sharded(entry: _Entry) -> None:
                 f"local shape {tuple(param.shape)}); decompose before sharding or inside "
                 "deepspeed.zero.GatheredParameters."
             )
+
+
+def _check_finite(entry: _Entry) -> None:
+    """Refuse a module whose weights hold NaN / ±Inf: decomposing it would save the damage silently.
+
+    Checked for every selected module before any decomposition sees it, so no plugin can turn it into a
+    mere "skipped" line (a meta-device model, which has no values, passes).
+    """
+    for pname, param in entry.module.named_parameters(recurse=False):
+        if param.is_meta or bool(torch.isfinite(param).all()):
+            continue
+        bad = int((~torch.isfinite(param)).sum())
+        raise NonFiniteWeightsError(
+            f"{entry.name}.{pname} holds {bad} NaN/Inf value(s) of {param.numel()}; a model with non-finite "
+            "weights cannot be compressed (the damage would be saved into the student). Check the model "
+            "file (re-download or re-save it) or the training run that produced it."
+        )
 
 
 def _check_materialised(name: str, module: nn.Module) -> None:

@@ -28,21 +28,23 @@ class CompressCommand(Command):
         parser.add_argument("--seed", type=int, default=42, help="seed of randomised SVDs (default 42)")
 
     def run(self, args: argparse.Namespace, context: CommandContext) -> int:
-        import transformers
-
+        from compresskit.models import load_hf_config, pretrained
+        from compresskit.preflight_plan import check_plan
         from compresskit.saving import merge, save
         from compresskit.seeding import seeded
-        from compresskit.walker import decompose
+        from compresskit.walker import as_groups, decompose, plan_compression
 
         strategy = strategy_of(args)
         if strategy is None:
             raise ConfigError("compress needs a strategy: pass --preset NAME or --config FILE.toml.")
         path = model_path(args.model)
-        config = transformers.AutoConfig.from_pretrained(str(path))
-        model: Any = model_class(config).from_pretrained(str(path))
+        config = load_hf_config(str(path), where="--model")
+        model: Any = pretrained(model_class(config), path, "--model")
         model.eval()
+        groups = as_groups(strategy, context.registry)
+        check_plan(plan_compression(model, groups, registry=context.registry), groups, "--config")
         with seeded(args.seed):  # randomised SVDs draw from the global generator
-            report = decompose(model, strategy, registry=context.registry)
+            report = decompose(model, groups, registry=context.registry)
         output = Path(args.output)
         if args.merge:
             merged: Any = merge(model)
@@ -61,8 +63,10 @@ def _copy_tokenizer(source: Path, output: Path) -> None:
     """Save the model's tokenizer beside it when the source folder has one."""
     import transformers
 
+    from compresskit.models import NO_REMOTE_CODE
+
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(source))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), **NO_REMOTE_CODE)
     except (OSError, ValueError, KeyError):
         return
     tokenizer.save_pretrained(str(output))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.commands import Command, CommandContext
-from compresskit.errors import ConfigError
+from compresskit.errors import UsageError
 
 
 def _options(raw: str | None) -> dict[str, Any]:
@@ -31,9 +31,9 @@ def _options(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--options: not valid JSON ({exc}); pass a JSON object or @file.json.") from None
+        raise UsageError(f"--options: not valid JSON ({exc}); pass a JSON object or @file.json.") from None
     if not isinstance(value, dict):
-        raise ConfigError("--options: expected a JSON object, e.g. '{\"skip_stage1\": true}'.")
+        raise UsageError("--options: expected a JSON object, e.g. '{\"skip_stage1\": true}'.")
     return value
 
 
@@ -104,9 +104,10 @@ def distill_saved(args: argparse.Namespace, context: CommandContext) -> dict[str
         if stage.teacher == "pretrained":
             from transformers import AutoModel
 
-            teachers["pretrained"] = AutoModel.from_pretrained(
-                str(resolve_model_path(args.pretrained, where="--pretrained"))
-            )
+            from compresskit.models import pretrained
+
+            path = resolve_model_path(args.pretrained, where="--pretrained")
+            teachers["pretrained"] = pretrained(AutoModel, path, "--pretrained")
 
     def evaluate(model: Any) -> dict[str, float]:
         metrics = task.evaluate(model, tokenizer, "dev", max_length=args.max_length)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.commands import Command, CommandContext
-from compresskit.errors import ConfigError
+from compresskit.errors import UsageError
 from compresskit.registry import Registry
 
 METRICS_FILE = "finetune_metrics.json"
@@ -40,7 +40,7 @@ def parse_task_options(pairs: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--task-option {pair!r}: expected KEY=VALUE, e.g. --task-option task=sst2.")
+            raise UsageError(f"--task-option {pair!r}: expected KEY=VALUE, e.g. --task-option task=sst2.")
         try:
             options[key] = tomllib.loads(f"value = {raw.strip()}")["value"]
         except tomllib.TOMLDecodeError:
@@ -211,6 +211,9 @@ class FinetuneCommand(Command):
             )  # fmt: skip
             tracker.log_metrics({f"finetune/final/{k}": v for k, v in result.metrics.items()})
             status = "FINISHED"
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (compresskit.errors.Terminated)
+            status = "KILLED"
+            raise
         finally:
             tracker.end_run(status)
         print(json.dumps(result.to_dict(), indent=2) if args.json else _describe(result))

@@ -67,9 +67,9 @@ def model_class(config: Any) -> Any:
 
 def meta_model(path: Path) -> nn.Module:
     """The architecture on the ``meta`` device: shapes only, no memory, no weights read."""
-    import transformers
+    from compresskit.models import load_hf_config
 
-    config = transformers.AutoConfig.from_pretrained(str(path))
+    config = load_hf_config(str(path), where="--model")
     cls = model_class(config)
     with torch.device("meta"):
         model: nn.Module = (cls.from_config if hasattr(cls, "from_config") else cls)(config)

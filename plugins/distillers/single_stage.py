@@ -15,7 +15,7 @@ from torch import nn
 import compresskit
 from compresskit.registry import Registry
 
-from .stage import StageOptions, run_stage, with_default_losses
+from .stage import StageOptions, check_stage, run_stage, with_default_losses
 
 
 class SingleStageDistiller(compresskit.Distiller):
@@ -53,6 +53,20 @@ class SingleStageDistiller(compresskit.Distiller):
             registry=registry or Registry.from_plugins(),
         )
         return {"train": result}
+
+    def check_student(
+        self,
+        student: nn.Module,
+        teachers: Mapping[str, nn.Module],
+        *,
+        registry: Registry | None = None,
+        where: str = "",
+    ) -> None:
+        stage = self.stages(compresskit.problem_type_of(student))["train"]
+        check_stage(
+            stage=stage, student=student, teachers=teachers,
+            registry=registry or Registry.from_plugins(), where=where or self.name,
+        )  # fmt: skip
 
 
 class LogitsKD(SingleStageDistiller):

@@ -79,6 +79,21 @@ def pick(mapping: Mapping[str, Any], key: str, what: str, where: str) -> Any:
     return mapping[key]
 
 
+def check_stage(
+    *,
+    stage: StageOptions,
+    student: nn.Module,
+    teachers: Mapping[str, nn.Module],
+    registry: Registry,
+    where: str,
+) -> None:
+    """What :func:`run_stage` checks before training, on shape-only models (``where``: config path)."""
+    teacher = pick(teachers, stage.teacher, "teacher", where)
+    training_config(stage, where)
+    losses = build_losses(registry, stage.losses or {}, f"{where}.losses")
+    plan_losses(student, teacher, losses, stage.mapping, cache=False, where=where).restore()
+
+
 def run_stage(
     *,
     name: str,

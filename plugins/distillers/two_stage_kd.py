@@ -26,7 +26,7 @@ import compresskit
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 
-from .stage import StageOptions, parse_stage, pick, run_stage, with_default_losses
+from .stage import StageOptions, check_stage, parse_stage, pick, run_stage, with_default_losses
 
 INTERMEDIATE = {"embedding_mse": 1.0, "attention_score_mse": 1.0, "hidden_mse": 1.0}
 
@@ -101,6 +101,38 @@ class TwoStageKD(compresskit.Distiller):
                 registry=registry,
             )
         return results
+
+    def check_student(
+        self,
+        student: nn.Module,
+        teachers: Mapping[str, nn.Module],
+        *,
+        registry: Registry | None = None,
+        where: str = "",
+    ) -> None:
+        """Each stage's losses against the planned student, and stage 2's copy from the teacher."""
+        registry = registry or Registry.from_plugins()
+        where = where or self.name
+        for name, stage in self.stages(compresskit.problem_type_of(student)).items():
+            if name == "stage2":
+                teacher = pick(teachers, stage.teacher, "teacher", f"{where}.{name}")
+                _check_copy(teacher, student, self.options.copy_from_teacher, where)
+            check_stage(
+                stage=stage, student=student, teachers=teachers, registry=registry, where=f"{where}.{name}"
+            )
+
+
+def _check_copy(teacher: nn.Module, student: nn.Module, patterns: tuple[str, ...], where: str) -> None:
+    try:
+        copy_modules(teacher, student, patterns)
+    except ConfigError as exc:
+        detail = " ".join(str(exc).removeprefix("two_stage_kd.copy_from_teacher: ").split())
+        raise ConfigError(
+            f"{where}.copy_from_teacher: stage 2 would fail after stage 1 has trained: {detail} A module a "
+            "decompose step replaced in the student no longer has the teacher's dense layout. Keep it out "
+            'of the decompose step (e.g. exclude = ["pooler"] in its group) or drop it from '
+            'copy_from_teacher (e.g. copy_from_teacher = ["classifier"]).'
+        ) from None
 
 
 def _matching(model: nn.Module, pattern: str) -> dict[str, nn.Module]:

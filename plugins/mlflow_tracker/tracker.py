@@ -19,11 +19,12 @@ never the fluent active-run state, so several trackers can run in one process.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ from .values import (
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: Artifacts logged under this artifact path (or below it) are the saved model (see ``log_models``).
 MODEL_ARTIFACT_PATH = "model"
+#: Tag counting the invocations that worked on one run (a resumed run counts up).
+ATTEMPTS_TAG = "compresskit.attempts"
+#: How long a process waits for another one setting up the same sqlite store.
+STORE_LOCK_TIMEOUT_S = 300.0
 #: MLflow error codes that mean "this value was refused", not "the store is gone".
 _REFUSED_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
 
@@ -114,6 +119,27 @@ class MlflowTracker(Tracker):
         self._start_journal(name, experiment_name, all_tags, problem)
         return None
 
+    def resume_run(
+        self,
+        run_id: str,
+        run_name: str,
+        *,
+        experiment: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """Continue run ``run_id`` (status back to RUNNING, ``compresskit.attempts`` counted up); when
+        the store no longer has it, open a new run tagged ``compresskit.previous_run``."""
+        self.tracking_uri = resolve_tracking_uri(self.options.tracking_uri)
+        if probe_store(self.tracking_uri, self.options.probe_timeout_s) is None:
+            try:
+                self._client, self.run_id = self._reopen_run(run_id)
+                return self.run_id
+            except Exception:  # deleted, another store, unreachable: a new run says where it came from
+                self._client, self.run_id = None, None
+        return self.start_run(
+            run_name, experiment=experiment, tags={**dict(tags or {}), "compresskit.previous_run": run_id}
+        )
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         strings = param_strings(params)
         if not strings:
@@ -154,10 +180,24 @@ class MlflowTracker(Tracker):
     def _open_run(self, run_name: str, experiment: str, tags: dict[str, str]) -> tuple[Any, str]:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=self.tracking_uri)
-        experiment_id = _experiment_id(client, experiment, self._artifact_location())
-        run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+        with store_setup_lock(self.tracking_uri):
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            experiment_id = _experiment_id(client, experiment, self._artifact_location())
+            run = client.create_run(experiment_id, tags={**tags, ATTEMPTS_TAG: "1"}, run_name=run_name)
         return client, run.info.run_id
+
+    def _reopen_run(self, run_id: str) -> tuple[Any, str]:
+        from mlflow import MlflowClient
+
+        with store_setup_lock(self.tracking_uri):
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            run = client.get_run(run_id)
+        if run.info.lifecycle_stage != "active":
+            raise LookupError(f"run {run_id} is {run.info.lifecycle_stage}")
+        attempts = int(run.data.tags.get(ATTEMPTS_TAG, "1") or 1) + 1
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, ATTEMPTS_TAG, str(attempts))
+        return client, run_id
 
     def _artifact_location(self) -> str | None:
         if self.options.artifact_location:
@@ -232,6 +272,25 @@ class MlflowTracker(Tracker):
         lost_run = self.run_id
         self._client, self.run_id = None, None
         return self._start_journal(f"rest-of-{lost_run}", self.options.experiment, {}, problem)
+
+
+@contextlib.contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a local sqlite store across processes.
+
+    The first use of a fresh ``mlflow.db`` creates and migrates its schema; two processes doing that at
+    once fail (``duplicate column name: step``, ``table _alembic_tmp_tags already exists``). A file
+    lock beside the database (``mlflow.db.lock``) makes the second wait until the first is done. Other
+    stores (servers) need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    with FileLock(str(database.with_name(database.name + ".lock")), timeout=STORE_LOCK_TIMEOUT_S):
+        yield
 
 
 def resolve_tracking_uri(explicit: str | None) -> str:

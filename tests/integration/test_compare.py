@@ -128,6 +128,6 @@ def test_teacher_row_from_teacher_metrics_in_student_runs(store: str, tmp_path: 
 
 def test_unknown_experiment_and_metric_are_clear_errors(store: str, capsys: Any) -> None:
     code, _, err = run_compare(capsys, "--experiment", "gird", "--tracking-uri", store)
-    assert code == 2 and "no experiment 'gird'" in err and "Did you mean 'grid'" in err
+    assert code == 3 and "no experiment 'gird'" in err and "Did you mean 'grid'" in err
     code, _, err = run_compare(capsys, "--experiment", "grid", "--tracking-uri", store, "--metric", "acc")
-    assert code == 2 and "Metrics found: accuracy" in err
+    assert code == 3 and "Metrics found: accuracy" in err

@@ -28,7 +28,7 @@ def test_task_options_use_toml_values_with_string_fallback() -> None:
 
 def test_bad_task_option_is_a_clean_cli_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = main(["finetune", "--task", "glue", "--task-option", "tsk=sst2", "--output", str(tmp_path)])
-    assert code == 2
+    assert code == 3  # a config error: an option the task does not have
     assert "unknown option. Did you mean 'task'?" in capsys.readouterr().err
 
 
@@ -86,5 +86,5 @@ def test_evaluate_scores_a_squad_prediction_file(
     assert main(["evaluate", "--task", "squad", *options, "--predictions", str(predictions), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["exact_match"] == pytest.approx(100 / 1057) and len(metrics["missing_ids"]) == 1056
-    assert main(["evaluate", "--task", "glue", "--predictions", str(predictions)]) == 2
+    assert main(["evaluate", "--task", "glue", "--predictions", str(predictions)]) == 3
     assert "cannot score prediction files" in capsys.readouterr().err

@@ -180,7 +180,7 @@ def test_cli_reports_no_match_as_an_error(tmp_path: Path, capsys: pytest.Capture
     source = tmp_path / "dense"
     tiny_model("bert").save_pretrained(source)
     (tmp_path / "s.toml").write_text(STRATEGY.replace('"query"', '"qeury"'))
-    assert cli_main(["inspect", "--model", str(source), "--config", str(tmp_path / "s.toml")]) == 2
+    assert cli_main(["inspect", "--model", str(source), "--config", str(tmp_path / "s.toml")]) == 3
     assert "'qeury' matched no module" in capsys.readouterr().err
 
 

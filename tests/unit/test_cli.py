@@ -27,7 +27,7 @@ def test_plugins_table_is_aligned(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unknown_kind_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plugins", "--kind", "trackers"]) == 2
+    assert main(["plugins", "--kind", "trackers"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("compresskit: error: unknown component kind 'trackers'")
     assert "Did you mean 'tracker'" in err

@@ -114,7 +114,7 @@ def test_cli_run_reports_a_typo_before_any_work(tmp_path: Path, capsys: pytest.C
 
     path = tmp_path / "typo.toml"
     path.write_text(CONFIG.replace('distiller = "two_stage_kd"', 'distiller = "two_stage_kd"\noptionz = {}'))
-    assert main(["run", str(path), "--output", str(tmp_path / "run"), "--no-tracking"]) == 2
+    assert main(["run", str(path), "--output", str(tmp_path / "run"), "--no-tracking"]) == 3
     err = capsys.readouterr().err
     assert "steps[1].optionz: unknown option. Did you mean 'options'?" in err
     assert f"{path.name}:" in err
@@ -130,6 +130,6 @@ def test_cli_run_reports_bad_component_options_before_any_work(
     path.write_text(CONFIG.replace("[steps.options.stage2]", "[steps.options.stage2.training]"))
     missing = tmp_path / "no-model"  # if validation missed the typo, this still stops the run early
     args = ["--set", "steps[1].options.stage2.lrr=1", "--set", f"model.teacher='{missing}'"]
-    assert main(["run", str(path), "--output", str(tmp_path / "run"), *args]) == 2
+    assert main(["run", str(path), "--output", str(tmp_path / "run"), *args]) == 3
     assert "steps[1].options.stage2.lrr: unknown option" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -105,8 +105,11 @@ def test_unknown_name_lists_available_with_suggestion() -> None:
 
 
 def test_environment_variable_blocks_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compresskit.plugins import PluginWarning
+
     monkeypatch.setenv("COMPRESSKIT_DISABLE_PLUGINS", "builtin, other")
-    registry = Registry.from_plugins()
+    with pytest.warns(PluginWarning, match="'other'"):  # no plugin is named 'other'
+        registry = Registry.from_plugins()
     assert "plugins" not in registry.names("command")
     monkeypatch.setenv("COMPRESSKIT_DISABLE_PLUGINS", "")
     assert "plugins" in Registry.from_plugins().names("command")
@@ -115,3 +118,45 @@ def test_environment_variable_blocks_plugins(monkeypatch: pytest.MonkeyPatch) ->
 def test_unknown_kind_is_reported() -> None:
     with pytest.raises(UnknownNameError, match=r"unknown component kind 'decompositions'.*'decomposition'"):
         Registry.from_plugins().names("decompositions")
+
+
+class _Exits:
+    __name__ = "tests.exiting_plugin"
+
+    @hookimpl
+    def compresskit_register_losses(self) -> list[type]:
+        raise SystemExit("no GPU")
+
+
+def test_plugin_calling_sys_exit_while_registering_is_a_plugin_error() -> None:
+    manager = get_plugin_manager([_Exits()])
+    with pytest.raises(PluginError, match=r"tests\.exiting_plugin.*SystemExit: no GPU"):
+        Registry.from_plugins(manager)
+
+
+def test_unknown_name_in_the_block_list_warns_with_the_installed_plugins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from compresskit.plugins import PluginWarning
+
+    monkeypatch.setenv("COMPRESSKIT_DISABLE_PLUGINS", "kroneker, low_rank")
+    with pytest.warns(PluginWarning) as caught:
+        registry = Registry.from_plugins()
+    assert len(caught) == 1  # low_rank exists: only the typo warns
+    message = str(caught[0].message)
+    assert "'kroneker'" in message and "Did you mean 'kronecker'?" in message
+    assert "Installed plugins: builtin, distillers, glue, kronecker," in message
+    assert "low_rank" not in registry.names("decomposition")
+
+
+def test_unknown_name_that_a_blocked_plugin_provides_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPRESSKIT_DISABLE_PLUGINS", "compresskit_plugins.low_rank")
+    registry = Registry.from_plugins()
+    with pytest.raises(UnknownNameError) as caught:
+        registry.get("decomposition", "low_rank", where="steps[0].groups[0].decomposition")
+    message = str(caught.value)
+    assert "plugin 'low_rank' (module compresskit_plugins.low_rank, from compresskit) provides it" in message
+    assert "remove 'low_rank' from COMPRESSKIT_DISABLE_PLUGINS" in message
+    with pytest.raises(UnknownNameError) as other:
+        registry.get("decomposition", "lowrank")
+    assert "blocks that plugin" not in str(other.value)  # only the name the blocked plugin really has

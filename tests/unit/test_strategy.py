@@ -98,7 +98,7 @@ distiller = "two_stage_kd"
             {"name": "x", "steps": [{"kind": "decompse"}]},
             r"steps\[0\]\.kind: expected one of .*Did you mean 'decompose'",
         ),
-        ({"name": "x", "seed": "one"}, r"config\.seed: expected int"),
+        ({"name": "x", "seed": "one"}, r"^seed: expected int"),
         ({"seed": 1}, r"missing the top-level `name"),
         ({"name": "x", "device": "tpu"}, r"device: expected one of 'auto', 'cpu', 'cuda'"),
     ],
