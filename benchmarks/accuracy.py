@@ -58,7 +58,7 @@ class TaskPlan:
 
 
 TASKS: dict[str, TaskPlan] = {
-    "sst2": TaskPlan(3.0, 5e-5, 3.0, "accuracy"),
+    "sst2": TaskPlan(3.0, 5e-5, 2.0, "accuracy"),
     "mrpc": TaskPlan(5.0, 1e-4, 5.0, "f1"),
     "stsb": TaskPlan(5.0, 1e-4, 5.0, "spearman"),
     "rte": TaskPlan(5.0, 1e-4, 5.0, "accuracy"),

@@ -163,7 +163,8 @@ def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -
         own = f"{distiller.name}."
         raise ConfigError(f"{where}.{message[len(own) :]}" if message.startswith(own) else message) from None
     for name, stage in stages.items():
-        at = f"{where}.{name}" if name else where
+        sub = distiller.stage_path(name) if hasattr(distiller, "stage_path") else name
+        at = f"{where}.{sub}" if sub else where
         training = getattr(stage, "training", None)
         if isinstance(training, Mapping):
             _validate_training(training, f"{at}.training")

@@ -244,9 +244,17 @@ class Distiller(Component):
         output_dir: Any,
         evaluate: Any = None,
         tracker: Any = None,
+        registry: Any = None,
     ) -> dict[str, Any]:
-        """Train the student; return per-stage results (losses, metrics, checkpoints)."""
+        """Train the student; return per-stage results (losses, metrics, checkpoints). ``registry`` is
+        the run's plugin registry (losses, mappings) or ``None`` for the installed one."""
         raise NotImplementedError(f"distiller {self.name!r} does not implement distill()")
+
+    def stage_path(self, stage: str) -> str:
+        """Where stage ``stage``'s options sit under this distiller's ``options`` table, as a dotted
+        path ("" when the options table is the stage itself). Error messages and suggested commands
+        use it to name the config key the user wrote. The default: one nested table per stage."""
+        return stage
 
     def check_student(
         self,

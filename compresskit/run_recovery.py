@@ -120,5 +120,6 @@ def _learning_rate(strategy: Strategy, key: str, message: str, registry: Any) ->
     found = re.search(r"stage '([\w-]+)'", message)
     name = found.group(1) if found and found.group(1) in stages else next(iter(stages))
     training = dict(getattr(stages[name], "training", {}) or {})
-    prefix = f"steps[{index}].options" + (f".{name}" if name else "")
+    sub = distiller.stage_path(name) if name and hasattr(distiller, "stage_path") else name
+    prefix = f"steps[{index}].options" + (f".{sub}" if sub else "")
     return f"{prefix}.training.learning_rate", float(training.get("learning_rate", default))

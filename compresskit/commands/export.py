@@ -56,8 +56,8 @@ def _hf_model(path: str) -> nn.Module:
     """A plain Hugging Face folder, as the class its config names (``AutoModel`` otherwise)."""
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(path)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     name = (config.architectures or ["AutoModel"])[0]
     cls = getattr(transformers, name, transformers.AutoModel)
-    model: nn.Module = cls.from_pretrained(path)
+    model: nn.Module = cls.from_pretrained(path, trust_remote_code=False)
     return model

@@ -29,6 +29,10 @@ class SingleStageDistiller(compresskit.Distiller):
         """The one stage, ``"train"``, with default losses for a student of ``problem_type``."""
         return {"train": with_default_losses(self.options, self.default_losses(problem_type))}
 
+    def stage_path(self, stage: str) -> str:
+        """The options table is the one stage's own."""
+        return ""
+
     def distill(
         self,
         student: nn.Module,
