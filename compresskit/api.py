@@ -145,9 +145,8 @@ def _save_input_model(model: Any, run_dir: Path) -> Path:
 
 def _load_any(folder: Path, task: Any) -> Any:
     from compresskit.models import load_task_model
+    from compresskit.saving import is_compressed_folder, load
 
-    if (folder / "compression_plan.json").is_file():
-        from compresskit.saving import load
-
+    if is_compressed_folder(folder):
         return load(folder)
     return load_task_model(folder, task)

@@ -66,18 +66,13 @@ def _cell(value: Any) -> str:
 
 def evaluate_folder(model: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Load ``model`` (plain or compressed folder) with ``task``'s head and evaluate it."""
-    from pathlib import Path
-
     from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(model, where="--model")
     task.check_split(args.split)
-    if (Path(path) / "compression_plan.json").is_file():
-        from compresskit.saving import load
+    from compresskit.saving import is_compressed_folder, load
 
-        loaded = load(path)
-    else:
-        loaded = load_task_model(path, task, where="--model")
+    loaded = load(path) if is_compressed_folder(path) else load_task_model(path, task, where="--model")
     tokenizer = load_tokenizer(path, where="--model")
     return dict(
         task.evaluate(loaded, tokenizer, args.split, batch_size=args.batch_size, max_length=args.max_length,

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from compresskit import dense_bias, dense_weight, linear_shape
+from compresskit import CompressedModuleMixin, dense_bias, dense_weight, linear_shape
 
 from .nearest import SvdBackend, kron_sum, nearest_kronecker
 from .shapes import Shape, check_terms, resolve_shapes, term_flops
@@ -34,7 +34,7 @@ def cheaper_order(a_shape: Shape, b_shape: Shape) -> Order:
     return "a_first" if a_first < b_first else "b_first"
 
 
-class KroneckerLinear(nn.Module):
+class KroneckerLinear(CompressedModuleMixin, nn.Module):
     """A linear layer whose weight is Σ_{r=1..R} A_r⊗B_r; input (..., n1·n2), output (..., m1·m2)."""
 
     def __init__(

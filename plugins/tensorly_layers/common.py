@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from compresskit import (
+    CompressedModuleMixin,
     Decomposition,
     DecompositionError,
     MissingDependencyError,
@@ -161,7 +162,7 @@ def bias_params(spec: dict[str, Any] | Any) -> int:
     return int(spec["out_features"]) if spec.get("bias") else 0
 
 
-class TensorisedLinear(nn.Module):
+class TensorisedLinear(CompressedModuleMixin, nn.Module):
     """Base of the factorised linear layers: bias, sizes, ``to_dense()`` from ``dense_weight()``."""
 
     def __init__(self, out_features: int, in_features: int, bias: bool) -> None:

@@ -1,0 +1,170 @@
+"""Compressed folders through plain transformers: from_pretrained, save_pretrained, pipeline, dtype, and
+loud failure where compresskit is not there to rebuild the modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+
+import compresskit
+from compresskit.errors import CheckpointError
+from compresskit.tiny_models import main_output, tiny_inputs, tiny_model
+
+EMBEDDING = {"types": ["Embedding"], "decomposition": "low_rank", "options": {"rank": 8}, "allow_tied": True}
+KRON_EMBEDDING = {"types": ["Embedding"], "decomposition": "kronecker", "options": {"embedding_n": 8}}
+LINEAR = {"types": ["linear_except_head"], "decomposition": "low_rank", "options": {"rank": 4}}
+KRON_LINEAR = {"types": ["linear_except_head"], "decomposition": "kronecker", "options": {"b_shape": [2, 2]}}
+
+
+def compressed(arch: str, groups: list[dict[str, Any]] | None = None) -> Any:
+    model = tiny_model(arch)
+    compresskit.decompose(model, groups or [EMBEDDING, LINEAR])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("arch", "groups"),
+    [
+        ("bert", [KRON_LINEAR]),
+        ("gpt2", [dict(KRON_EMBEDDING, allow_tied=True), LINEAR]),  # Conv1D + Kronecker tied head
+        ("t5", None),  # FFN `wo` compressed, shared embedding under three names
+        ("albert", None),  # one layer shared by all layers, tied MLM head and bias
+        ("bart", None),
+        ("llama", None),
+    ],
+)
+def test_from_pretrained_equals_compresskit_load(arch: str, groups: Any, tmp_path: Path) -> None:
+    model, inputs = compressed(arch, groups), tiny_inputs(arch)
+    expected = main_output(model, inputs)
+    model.save_pretrained(tmp_path / "sp")  # transformers' own save of a compressed model
+    compresskit.save(model, tmp_path / "ck")
+    auto = (
+        transformers.AutoModelForCausalLM if arch == "llama" else getattr(transformers, type(model).__name__)
+    )
+    for folder in ("sp", "ck"):
+        plain = auto.from_pretrained(tmp_path / folder)
+        assert type(plain) is type(model)
+        assert torch.equal(main_output(plain, inputs), expected), folder
+        assert torch.equal(main_output(compresskit.load(tmp_path / folder), inputs), expected), folder
+
+
+def test_base_model_class_loads_a_task_model_folder(tmp_path: Path) -> None:
+    model, inputs = compressed("bert", [KRON_LINEAR]), tiny_inputs("bert")
+    model.save_pretrained(tmp_path)
+    base = transformers.AutoModel.from_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model.bert(**inputs).last_hidden_state
+        assert torch.equal(base(**inputs).last_hidden_state, expected)
+    assert type(base.encoder.layer[0].attention.self.query).__name__ == "KroneckerLinear"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_saved_dtype_is_kept_and_dtype_argument_honoured(dtype: torch.dtype, tmp_path: Path) -> None:
+    model = tiny_model("bert").to(dtype)
+    compresskit.decompose(model, [KRON_LINEAR])
+    inputs = tiny_inputs("bert")
+    compresskit.save(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == str(dtype).removeprefix("torch.")
+    for loaded in (
+        compresskit.load(tmp_path),
+        transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path),
+    ):
+        assert {p.dtype for p in loaded.parameters()} == {dtype}
+        assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
+    as_float = compresskit.load(tmp_path, dtype=torch.float32, device_map="cpu")
+    assert {p.dtype for p in as_float.parameters()} == {torch.float32}
+    assert {p.device.type for p in as_float.parameters()} == {"cpu"}
+
+
+def test_load_is_typed_by_the_model_class(tmp_path: Path) -> None:
+    compresskit.save(compressed("bert", [LINEAR]), tmp_path)
+    loaded: transformers.BertForSequenceClassification = compresskit.load(
+        tmp_path, model_class=transformers.BertForSequenceClassification
+    )
+    assert isinstance(loaded, transformers.BertForSequenceClassification)
+
+
+def test_pipeline_runs_on_a_compressed_folder(tmp_path: Path) -> None:
+    model = compressed("bert", [KRON_LINEAR])
+    tokenizer = tiny_tokenizer()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    classify = transformers.pipeline("text-classification", model=str(tmp_path))
+    assert type(classify.model.bert.encoder.layer[0].attention.self.query).__name__ == "KroneckerLinear"
+    encoded = tokenizer(["w3 w7 w9"], return_tensors="pt")
+    with torch.no_grad():
+        scores = model(**encoded).logits.softmax(-1)[0]
+    result = classify("w3 w7 w9")[0]
+    assert result["label"] == model.config.id2label[int(scores.argmax())]
+    assert result["score"] == pytest.approx(float(scores.max()), abs=1e-6)
+
+
+def test_a_factor_missing_from_the_file_is_an_error_not_random_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    compressed("bert", [LINEAR]).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["bert.encoder.layer.0.output.dense.right"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        CheckpointError, match=r"missing keys: \['bert\.encoder\.layer\.0\.output\.dense\.right'\]"
+    ):
+        transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+
+
+WITHOUT_COMPRESSKIT = """
+import sys
+folder, site_packages, mode = sys.argv[1:4]
+if mode == "not-installed":
+    sys.path.append(site_packages)  # the venv's packages without its .pth files: compresskit is absent
+    try:
+        import compresskit
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("compresskit is importable")
+import transformers
+try:
+    transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+except RuntimeError as exc:
+    print("REFUSED", exc)
+else:
+    print("LOADED")
+print("compresskit imported:", "compresskit" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("mode", ["not-installed", "not-imported"])
+def test_without_compresskit_transformers_refuses_the_folder(mode: str, tmp_path: Path) -> None:
+    compressed("bert", [LINEAR]).save_pretrained(tmp_path / "model")
+    flags = ["-I", "-S"] if mode == "not-installed" else ["-I"]
+    site_packages = sysconfig.get_paths()["purelib"]
+    result = subprocess.run(
+        [sys.executable, *flags, "-c", WITHOUT_COMPRESSKIT, str(tmp_path / "model"), site_packages, mode],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "REFUSED" in result.stdout and "LOADED" not in result.stdout
+    assert "compresskit imported: False" in result.stdout
+    assert "Unknown quantization type, got compresskit" in result.stderr
+    assert "MISMATCH" in result.stderr
+
+
+def tiny_tokenizer() -> Any:
+    """A word-level tokenizer over the tiny models' 99-token vocabulary (w2 .. w98 plus specials)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": 0, "[UNK]": 1} | {f"w{i}": i for i in range(2, 99)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]"
+    )
