@@ -102,6 +102,7 @@ def distill(
 def evaluate(
     model: Any,
     task: str = "glue",
+    /,
     *,
     tokenizer: Any = None,
     split: str = "dev",
@@ -113,7 +114,9 @@ def evaluate(
 ) -> dict[str, float]:
     """The official metrics of ``model`` (a module or a saved folder) on a registered task's split.
 
-    ``evaluate(model, "glue", task="sst2", tokenizer=tok)`` → ``{"accuracy": 0.9}``.
+    ``evaluate(model, "glue", task="sst2", tokenizer=tok)`` → ``{"accuracy": 0.9}`` (the task name is
+    positional, so a task option may be called ``task``). A folder is loaded with its own tokenizer;
+    a folder without one is refused (:class:`ConfigError`) before the model is loaded.
     """
     from compresskit.models import load_tokenizer
 
@@ -121,8 +124,8 @@ def evaluate(
     task_obj = registry.create("task", task, task_options, where="task.options")
     if isinstance(model, str | Path):
         folder = Path(model)
+        tokenizer = tokenizer or load_tokenizer(folder)  # checked before the model is loaded
         model = _load_any(folder, task_obj)
-        tokenizer = tokenizer or load_tokenizer(folder)
     if tokenizer is None:
         raise TypeError("evaluate(model, ...) needs tokenizer=... when model is not a saved folder")
     return task_obj.evaluate(

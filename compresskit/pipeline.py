@@ -32,7 +32,7 @@ from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 from compresskit.run_state import RunState, write_json_atomic
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
-from compresskit.summary import format_summary, summarize
+from compresskit.summary import format_summary, summarize, write_run_card
 from compresskit.tracking import NullTracker, Tracker
 
 #: Parts of the strategy every stage depends on (fingerprinted with the steps up to the stage).
@@ -164,6 +164,7 @@ class Pipeline:
         )
         summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
         write_json_atomic(self.run_dir / "summary.json", summary)
+        write_run_card(Path(summary["model_dir"]), summary, self.strategy)
         self._log_final(ctx.tracker, summary)
         return summary
 
@@ -178,6 +179,7 @@ class Pipeline:
         result = run()
         seconds = time.perf_counter() - start
         state.complete(key, fingerprint, result, seconds)
+        stages.drop_checkpoints(result.get("work"))  # the stage is recorded: resuming no longer needs them
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
         if self.on_stage_end is not None:
             self.on_stage_end(key)
@@ -222,11 +224,12 @@ class Pipeline:
             raise ConfigError("the strategy has no steps: add a [[steps]] decompose and/or distill step.")
         shutil.rmtree(model_dir, ignore_errors=True)
         shutil.copytree(current, model_dir)
-        ctx.tokenizer.save_pretrained(self.run_dir / "tokenizer")
+        ctx.tokenizer.save_pretrained(model_dir)
         teacher_copy = Path(teacher_dir)
         if not (teacher_copy / "model.safetensors").is_file():  # a Hub id or another layout: save a copy
             teacher_copy = self.run_dir / "teacher" / stages.MODEL_DIR
             stages.load_task_model(teacher_dir, ctx.task).save_pretrained(teacher_copy)
+            ctx.tokenizer.save_pretrained(teacher_copy)
         return {"path": str(model_dir), "teacher_path": str(teacher_copy)}
 
     def _measure(self, ctx: stages.RunContext, saved: Mapping[str, Any]) -> dict[str, Any]:

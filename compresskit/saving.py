@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import torch
 from torch import nn
 
+from compresskit import model_card
 from compresskit.errors import CheckpointError, DecompositionError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan
@@ -49,11 +50,15 @@ def compression_plans(model: nn.Module) -> tuple[CompressionPlan, ...]:
     return tuple(getattr(model, PLANS_ATTRIBUTE, ()))
 
 
-def save(model: nn.Module, directory: str | Path) -> Path:
+def save(
+    model: nn.Module, directory: str | Path, *, tokenizer: Any = None, base_model: str | None = None
+) -> Path:
     """``model.save_pretrained(directory)`` for a (compressed) Hugging Face model, file by file atomically.
 
-    Writes ``config.json`` (with the compression plans and the model's real dtype) and
-    ``model.safetensors``; ``generation_config.json`` for generative models. The files are written
+    Writes ``config.json`` (with the compression plans, the model's real dtype and its label names),
+    ``model.safetensors``, ``generation_config.json`` for generative models, the ``tokenizer`` when
+    given (so the folder is usable on its own: ``pipeline()``, ``compresskit evaluate``) and a model card
+    (``README.md``; ``base_model``: a Hub id, default the config's ``_name_or_path``). The files are written
     into a temporary folder and each is then renamed into ``directory``, so an interrupted save never
     leaves a half-written file under a final name. Raises :class:`CheckpointError` for a model that
     is not a transformers ``PreTrainedModel``.
@@ -73,6 +78,10 @@ def save(model: nn.Module, directory: str | Path) -> Path:
     staging = folder / ".compresskit-save.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    facts = model_card.facts_from_model(model, staging, model_card.base_model_id(base_model))
+    model_card.write(staging, facts)
     for file in sorted(staging.iterdir()):
         os.replace(file, folder / file.name)
     staging.rmdir()

@@ -14,7 +14,7 @@ from compresskit.errors import did_you_mean
 from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
 
 from . import reader
-from .specs import GLUE_TASKS, GlueSpec, score
+from .specs import CLASS_NAMES, GLUE_TASKS, GlueSpec, score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,10 @@ class GlueTask(Task):
     @property
     def num_labels(self) -> int:
         return self.spec.num_labels
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        return CLASS_NAMES.get(self.spec.name)
 
     def splits(self) -> list[str]:
         return list(self.spec.files)

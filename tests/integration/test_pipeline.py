@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from compresskit.errors import CheckpointError, ConfigError
 from compresskit.pipeline import Pipeline
 from compresskit.strategy import Strategy
 
@@ -133,74 +132,32 @@ def test_full_run_then_resume_skips_completed_stages(
     again: list[str] = []
     Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=again.append).run()
     assert again == []  # everything was complete: nothing recomputed
+    check_folders_usable_on_their_own(run_dir, summary, data_dir / "glue-sample")
 
 
-def test_changed_strategy_in_same_run_dir_is_refused(
-    tiny_teacher: Path, data_dir: Path, tmp_path: Path
-) -> None:
-    run_dir = tmp_path / "run"
+def check_folders_usable_on_their_own(run_dir: Path, summary: dict, glue_dir: Path) -> None:
+    """The run's model folders evaluate, by themselves, to the metrics the run printed."""
+    import contextlib
+    import io
 
-    def stop(key: str) -> None:
-        raise Interrupt
+    from transformers import pipeline
 
-    strategy = tiny_strategy(tiny_teacher, data_dir)
-    with pytest.raises(Interrupt):
-        Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=stop).run()
-    changed = tiny_strategy(tiny_teacher, data_dir, seed=3)
-    with pytest.raises(CheckpointError, match=r"different strategy.*--restart"):
-        Pipeline(changed, output_dir=run_dir, progress=False).run()
+    from compresskit.cli import main as cli_main
 
-
-def test_bad_input_fails_before_training(tiny_teacher: Path, data_dir: Path, tmp_path: Path) -> None:
-    strategy = tiny_strategy(tiny_teacher, data_dir)
-    data = strategy.to_dict()
-    data["model"]["teacher"] = str(tmp_path / "missing")
-    with pytest.raises(ConfigError, match=r"model\.teacher: .*does not exist"):
-        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "a").run()
-    not_a_model = tmp_path / "empty"
-    not_a_model.mkdir()
-    data["model"]["teacher"] = str(not_a_model)
-    with pytest.raises(ConfigError, match="not a Hugging Face Transformer"):
-        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "b").run()
-    data = strategy.to_dict()
-    data["steps"][0]["groups"][0]["names"] = ["intermediat.dense"]
-    with pytest.raises(Exception, match="intermediat"):
-        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "c").run()
-    assert not (tmp_path / "c" / "state.json").exists()
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA device"):
-            Pipeline(strategy, output_dir=tmp_path / "d", device="cuda").run()
-
-
-def test_chained_steps_decompose_distil_decompose_distil(
-    tiny_teacher: Path, data_dir: Path, tmp_path: Path
-) -> None:
-    base = tiny_strategy(tiny_teacher, data_dir).to_dict()
-    first_decompose, distil = base["steps"]
-    attention = {
-        "name": "attention",
-        "types": ["Linear"],
-        "names": ["query", "key", "value"],
-        "decomposition": "kronecker",
-        "options": {"b_shape": [2, 2]},
-    }
-    base["steps"] = [first_decompose, distil, {"kind": "decompose", "groups": [attention]}, distil]
-    base["tracking"] = {"tracker": "none"}
-    result = Pipeline(Strategy.from_dict(base), output_dir=tmp_path / "run", progress=False).run()
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert [k for k in state["order"] if k.startswith("steps")] == [
-        "steps[0]:decompose",
-        "steps[1]:distill",
-        "steps[2]:decompose",
-        "steps[3]:distill",
-    ]
-    from compresskit.saving import load
-
-    student = load(result.model_dir)
-    kinds = {
-        type(m).__name__
-        for name, m in student.named_modules()
-        if name.endswith(("query", "intermediate.dense"))
-    }
-    assert "Linear" not in kinds and len(kinds) == 2  # both steps' replacements survive save/load
-    assert result.summary["student"]["params"] < result.summary["teacher"]["params"]
+    assert not list(run_dir.rglob("checkpoints")), "finished stages keep no training checkpoints"
+    model_dir = run_dir / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert (model_dir / "tokenizer.json").is_file()
+    card = (model_dir / "README.md").read_text()
+    assert "from_pretrained" in card and "import compresskit" in card
+    assert f"{summary['student']['metrics']['accuracy']:.4f}" in card
+    for role, folder in (("student", model_dir), ("teacher", run_dir / "teacher" / "model")):
+        argv = ["evaluate", "--model", str(folder), "--task", "glue", "--task-option", "task=sst2"]
+        argv += ["--task-option", f"data_dir={json.dumps(str(glue_dir))}", "--batch-size", "32", "--json"]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert cli_main(argv) == 0
+        assert json.loads(printed.getvalue())["accuracy"] == summary[role]["metrics"]["accuracy"], role
+    predicted = pipeline("text-classification", model=str(model_dir))("a gorgeous , witty film")
+    assert predicted[0]["label"] in {"negative", "positive"}

@@ -41,7 +41,7 @@ def test_load_rebuilds_the_structure_with_bit_identical_outputs(
     inputs = tiny_inputs(arch)
     compresskit.save(model, tmp_path)
     files = {p.name for p in tmp_path.iterdir()} - {"generation_config.json"}
-    assert files == {"config.json", "model.safetensors"}
+    assert files == {"README.md", "config.json", "model.safetensors"}
     loaded = compresskit.load(tmp_path, registry=registry)
     assert type(loaded) is type(model)
     assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
@@ -205,3 +205,27 @@ def test_load_accepts_an_auto_class(registry: Registry, tmp_path: Path) -> None:
     loaded = compresskit.load(tmp_path, registry=registry, model_class=transformers.AutoModelForCausalLM)
     assert type(loaded) is type(model)
     assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
+
+
+def test_commands_refuse_a_folder_without_a_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_model("bert").save_pretrained(tmp_path / "no-tokenizer")
+    argv = [
+        "evaluate",
+        "--model",
+        str(tmp_path / "no-tokenizer"),
+        "--task",
+        "glue",
+        "--task-option",
+        "task=sst2",
+    ]
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert (
+        "has no tokenizer" in error
+        and "tokenizer.save_pretrained(folder)" in error
+        and "--tokenizer" in error
+    )
+    with pytest.raises(compresskit.ConfigError, match="has no tokenizer"):
+        compresskit.evaluate(tmp_path / "no-tokenizer", "glue", task="sst2")
