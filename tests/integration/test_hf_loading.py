@@ -168,3 +168,70 @@ def tiny_tokenizer() -> Any:
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]"
     )
+
+
+ROUND_TRIPS = {
+    # GPT-2 (Conv1D), two chained steps: a Kronecker tied embedding + head, then the Conv1D layers
+    "gpt2-chained": ("gpt2", [[dict(KRON_EMBEDDING, allow_tied=True)], [LINEAR]]),
+    # Llama with an untied LM head compressed on its own
+    "llama-untied-head": (
+        "llama",
+        [[{"names": ["lm_head"], "decomposition": "low_rank", "options": {"rank": 4}}]],
+    ),
+    # Qwen2 with a tied head and a low-rank embedding (the walker's TiedOutputProjection)
+    "qwen2-tied": ("qwen2", [[EMBEDDING], [LINEAR]]),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUND_TRIPS))
+def test_save_pretrained_round_trips_keep_the_plan(case: str, tmp_path: Path) -> None:
+    arch, steps = ROUND_TRIPS[case]
+    model, inputs = tiny_model(arch), tiny_inputs(arch)
+    for groups in steps:
+        compresskit.decompose(model, groups)
+    model.save_pretrained(tmp_path / "first")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "first")
+    assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
+    loaded.save_pretrained(tmp_path / "second")  # a loaded model saves again, plans and all
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "second")
+    assert torch.equal(main_output(again, inputs), main_output(model, inputs))
+    plans = json.loads((tmp_path / "second" / "config.json").read_text())["quantization_config"]["plans"]
+    assert len(plans) == len(steps)
+    assert [type(m).__name__ for m in again.modules()] == [type(m).__name__ for m in model.modules()]
+
+
+def test_push_to_hub_uploads_what_save_pretrained_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """push_to_hub, with the Hub replaced by a local folder (no network): the same loadable files."""
+    import shutil
+    from types import SimpleNamespace
+
+    from transformers.utils import hub
+
+    remote = tmp_path / "remote"
+
+    class LocalHub:
+        def create_repo(self, repo_id: str, **kwargs: Any) -> Any:
+            (remote / repo_id).mkdir(parents=True, exist_ok=True)
+            return SimpleNamespace(repo_id=repo_id)
+
+        def create_commit(self, repo_id: str, operations: list[Any], **kwargs: Any) -> Any:
+            for operation in operations:
+                target = remote / repo_id / operation.path_in_repo
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(operation.path_or_fileobj, target)
+            return SimpleNamespace(oid="local")
+
+    monkeypatch.setattr(hub, "hf_api", lambda: LocalHub())
+    monkeypatch.setattr(
+        hub, "create_and_tag_model_card", lambda *a, **k: SimpleNamespace(save=lambda p: None)
+    )
+    model, inputs = compressed("gpt2", [dict(KRON_EMBEDDING, allow_tied=True), LINEAR]), tiny_inputs("gpt2")
+    model.push_to_hub("someone/tiny-compressed")
+    model.save_pretrained(tmp_path / "local")
+    pushed = remote / "someone" / "tiny-compressed"
+    assert sorted(p.name for p in pushed.iterdir()) == sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert (pushed / "config.json").read_text() == (tmp_path / "local" / "config.json").read_text()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(pushed)
+    assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
