@@ -165,7 +165,7 @@ class Pipeline:
         summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
         write_json_atomic(self.run_dir / "summary.json", summary)
         write_run_card(Path(summary["model_dir"]), summary, self.strategy)
-        self._log_final(ctx.tracker, summary)
+        self._log_final(ctx, summary)
         return summary
 
     def _stage(self, state: RunState, key: str, parts: Mapping[str, Any], run: Callable[[], dict]) -> dict:
@@ -270,12 +270,16 @@ class Pipeline:
         )
         if run_id is not None:
             state.set("run_id", run_id)
+        tracker.set_description(run_description(self.strategy))
         stages.log_params(tracker, self.strategy)
         tracker.log_artifact(self.run_dir / "strategy.toml")
 
-    def _log_final(self, tracker: Tracker, summary: Mapping[str, Any]) -> None:
+    def _log_final(self, ctx: stages.RunContext, summary: Mapping[str, Any]) -> None:
+        tracker = ctx.tracker
         tracker.log_metrics(summary.get("metrics", {}))
         tracker.log_artifact(self.run_dir / "summary.json")
+        tracker.log_summary(summary, format_summary(summary))
+        tracker.log_model(summary["model_dir"], input_example=input_example(ctx))
 
     def _write_resolved_config(self) -> None:
         from compresskit.config import dumps_toml
@@ -288,6 +292,27 @@ class Pipeline:
     def _parts(self, steps: int) -> dict[str, Any]:
         data = self.strategy.to_dict()
         return {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+
+
+def run_description(strategy: Strategy) -> str:
+    """The run's description (Markdown): the strategy's own description and the resolved config."""
+    from compresskit.config import dumps_toml
+
+    head = f"**{strategy.name}**" + (f": {strategy.description}" if strategy.description else "")
+    return f"{head}\n\n```toml\n{dumps_toml(strategy.to_dict())}```\n"
+
+
+def input_example(ctx: stages.RunContext, rows: int = 2) -> list[dict[str, str]] | None:
+    """The first evaluation examples as model inputs (``text``, ``text_pair``), for the logged model."""
+    columns = tuple(getattr(ctx.task, "text_columns", ()))
+    if not columns:
+        return None
+    examples = ctx.task.load_split(ctx.strategy.evaluation.split)
+    names = ("text", "text_pair")
+    return [
+        {name: str(examples[i][column]) for name, column in zip(names, columns, strict=False)}
+        for i in range(min(rows, len(examples)))
+    ]
 
 
 def _print_flushed(message: str) -> None:

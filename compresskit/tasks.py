@@ -41,6 +41,8 @@ class Task(Component):
     """
 
     problem_type: str = "single_label_classification"
+    #: Names of the one or two text fields of an example (e.g. ``("sentence1", "sentence2")``), if any.
+    text_columns: tuple[str, ...] = ()
     primary_metric: str = "accuracy"
     #: Whether a larger ``primary_metric`` is better (``False`` for e.g. perplexity).
     greater_is_better: bool = True

@@ -60,6 +60,7 @@ class GlueTask(Task):
     def __init__(self, options: dict[str, Any] | None = None, *, where: str = "") -> None:
         super().__init__(options, where=where)
         self.spec: GlueSpec = GLUE_TASKS[self.options.task]
+        self.text_columns = self.spec.text_columns
         self.problem_type = "regression" if self.spec.is_regression else "single_label_classification"
         self.primary_metric = self.spec.primary_metric
         self._cache: dict[str, Any] = {}

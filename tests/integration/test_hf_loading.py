@@ -16,7 +16,7 @@ import transformers
 
 import compresskit
 from compresskit.errors import CheckpointError
-from compresskit.tiny_models import main_output, tiny_inputs, tiny_model
+from compresskit.tiny_models import main_output, tiny_inputs, tiny_model, tiny_tokenizer
 
 EMBEDDING = {"types": ["Embedding"], "decomposition": "low_rank", "options": {"rank": 8}, "allow_tied": True}
 KRON_EMBEDDING = {"types": ["Embedding"], "decomposition": "kronecker", "options": {"embedding_n": 8}}
@@ -156,18 +156,6 @@ def test_without_compresskit_transformers_refuses_the_folder(mode: str, tmp_path
     assert "compresskit imported: False" in result.stdout
     assert "Unknown quantization type, got compresskit" in result.stderr
     assert "MISMATCH" in result.stderr
-
-
-def tiny_tokenizer() -> Any:
-    """A word-level tokenizer over the tiny models' 99-token vocabulary (w2 .. w98 plus specials)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[PAD]": 0, "[UNK]": 1} | {f"w{i}": i for i in range(2, 99)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]"
-    )
 
 
 ROUND_TRIPS = {

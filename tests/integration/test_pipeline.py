@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compresskit.errors import CheckpointError, ConfigError
 from compresskit.pipeline import Pipeline
 from compresskit.strategy import Strategy
 
@@ -128,6 +129,16 @@ def test_full_run_then_resume_skips_completed_stages(
     assert run.data.metrics["student/accuracy"] == pytest.approx(summary["student"]["metrics"]["accuracy"])
     assert run.data.params["steps.0.groups.0.decomposition"] == "low_rank"
     assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.note.content"].startswith("**tiny**")  # the strategy describes the run
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.user"]
+    assert run.outputs.model_outputs  # the student is the run's MLflow model
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "summary")}
+    assert artifacts == {"summary/summary.txt", "summary/pareto.png"}
+    served = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    import pandas as pd
+
+    predicted = served.predict(pd.DataFrame({"text": ["a gorgeous , witty film", "a dull mess"]}))
+    assert set(predicted["label"]) <= {"negative", "positive"} and len(predicted) == 2
 
     again: list[str] = []
     Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=again.append).run()
@@ -161,3 +172,74 @@ def check_folders_usable_on_their_own(run_dir: Path, summary: dict, glue_dir: Pa
         assert json.loads(printed.getvalue())["accuracy"] == summary[role]["metrics"]["accuracy"], role
     predicted = pipeline("text-classification", model=str(model_dir))("a gorgeous , witty film")
     assert predicted[0]["label"] in {"negative", "positive"}
+
+
+def test_changed_strategy_in_same_run_dir_is_refused(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+
+    def stop(key: str) -> None:
+        raise Interrupt
+
+    strategy = tiny_strategy(tiny_teacher, data_dir)
+    with pytest.raises(Interrupt):
+        Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=stop).run()
+    changed = tiny_strategy(tiny_teacher, data_dir, seed=3)
+    with pytest.raises(CheckpointError, match=r"different strategy.*--restart"):
+        Pipeline(changed, output_dir=run_dir, progress=False).run()
+
+
+def test_bad_input_fails_before_training(tiny_teacher: Path, data_dir: Path, tmp_path: Path) -> None:
+    strategy = tiny_strategy(tiny_teacher, data_dir)
+    data = strategy.to_dict()
+    data["model"]["teacher"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"model\.teacher: .*does not exist"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "a").run()
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    data["model"]["teacher"] = str(not_a_model)
+    with pytest.raises(ConfigError, match="not a Hugging Face Transformer"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "b").run()
+    data = strategy.to_dict()
+    data["steps"][0]["groups"][0]["names"] = ["intermediat.dense"]
+    with pytest.raises(Exception, match="intermediat"):
+        Pipeline(Strategy.from_dict(data), output_dir=tmp_path / "c").run()
+    assert not (tmp_path / "c" / "state.json").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            Pipeline(strategy, output_dir=tmp_path / "d", device="cuda").run()
+
+
+def test_chained_steps_decompose_distil_decompose_distil(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    base = tiny_strategy(tiny_teacher, data_dir).to_dict()
+    first_decompose, distil = base["steps"]
+    attention = {
+        "name": "attention",
+        "types": ["Linear"],
+        "names": ["query", "key", "value"],
+        "decomposition": "kronecker",
+        "options": {"b_shape": [2, 2]},
+    }
+    base["steps"] = [first_decompose, distil, {"kind": "decompose", "groups": [attention]}, distil]
+    base["tracking"] = {"tracker": "none"}
+    result = Pipeline(Strategy.from_dict(base), output_dir=tmp_path / "run", progress=False).run()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [k for k in state["order"] if k.startswith("steps")] == [
+        "steps[0]:decompose",
+        "steps[1]:distill",
+        "steps[2]:decompose",
+        "steps[3]:distill",
+    ]
+    from compresskit.saving import load
+
+    student = load(result.model_dir)
+    kinds = {
+        type(m).__name__
+        for name, m in student.named_modules()
+        if name.endswith(("query", "intermediate.dense"))
+    }
+    assert "Linear" not in kinds and len(kinds) == 2  # both steps' replacements survive save/load
+    assert result.summary["student"]["params"] < result.summary["teacher"]["params"]
