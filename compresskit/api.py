@@ -134,15 +134,24 @@ def evaluate(
 
 
 def _save_input_model(model: Any, run_dir: Path) -> Path:
-    """Save an in-memory Hugging Face model as the run's teacher (its tokenizer must be findable:
-    set ``[model] tokenizer``)."""
+    """Save an in-memory Hugging Face model as the run's teacher, with the tokenizer of the folder it
+    was loaded from when there is one (otherwise set ``[model] tokenizer``)."""
     if not hasattr(model, "save_pretrained"):
         raise TypeError(
             "compress(model, ...): expected a path, 'default' or a Hugging Face model, "
             f"got {type(model).__name__}"
         )
+    import contextlib
+
+    from compresskit.errors import ConfigError
+    from compresskit.models import load_tokenizer
+
     folder = run_dir / "input_model"
     model.save_pretrained(folder)
+    source = str(getattr(model, "name_or_path", "") or "")
+    if source and Path(source).is_dir():  # keep the folder usable on its own: its tokenizer beside it
+        with contextlib.suppress(ConfigError):  # none there: preflight asks for [model] tokenizer
+            load_tokenizer(source).save_pretrained(folder)
     return folder
 
 

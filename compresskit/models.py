@@ -121,8 +121,8 @@ def load_tokenizer(path: str | Path, where: str = "model.tokenizer") -> Any:
         raise ConfigError(
             f"{where}: {str(path)!r} has no tokenizer (none of {', '.join(VOCABULARY_FILES)}); a tokenizer "
             "built without one turns every word into [UNK]. Save the tokenizer into the folder "
-            "(tokenizer.save_pretrained(folder)), or give the tokenizer's folder (`--tokenizer` / "
-            "[model] tokenizer)."
+            "(tokenizer.save_pretrained(folder)), or say where it is: `compresskit evaluate --tokenizer "
+            "PATH`, `[model] tokenizer = PATH` in a strategy."
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
