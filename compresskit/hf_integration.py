@@ -123,6 +123,18 @@ class CompressKitHfQuantizer(HfQuantizer):
     def is_serializable(self) -> bool:
         return True
 
+    def _dequantize(self, model: Any, dtype: Any = None) -> Any:
+        """``model.dequantize()``: every compressed module replaced, in place, by its dense product."""
+        from compresskit.saving import merge
+
+        dense = merge(model)
+        for name, child in list(dense.named_children()):
+            setattr(model, name, child)
+        if PLANS_ATTRIBUTE in vars(model):
+            delattr(model, PLANS_ATTRIBUTE)
+        detach(model)
+        return model.to(dtype) if dtype is not None else model
+
     @property
     def is_trainable(self) -> bool:
         return True

@@ -223,3 +223,34 @@ def test_push_to_hub_uploads_what_save_pretrained_writes(
     assert (pushed / "config.json").read_text() == (tmp_path / "local" / "config.json").read_text()
     loaded = transformers.AutoModelForCausalLM.from_pretrained(pushed)
     assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
+
+
+def test_dequantize_gives_the_dense_model_in_place(tmp_path: Path) -> None:
+    model, inputs = compressed("bert", [KRON_LINEAR]), tiny_inputs("bert")
+    expected = main_output(model, inputs)
+    model.save_pretrained(tmp_path / "compressed")
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "compressed")
+    dense = loaded.dequantize()
+    assert dense is loaded and not any(
+        isinstance(m, compresskit.CompressedModuleMixin) for m in dense.modules()
+    )
+    torch.testing.assert_close(main_output(dense, inputs), expected, atol=1e-5, rtol=1e-4)
+    dense.save_pretrained(tmp_path / "dense")
+    assert "quantization_config" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+
+
+HOOK_CHECK = """
+import sys
+import compresskit
+assert "transformers.quantizers.auto" not in sys.modules, "import compresskit stays light"
+from transformers.quantizers import auto
+print("registered:", "compresskit" in auto.AUTO_QUANTIZER_MAPPING and "compresskit" in auto.AUTO_QUANTIZATION_CONFIG_MAPPING)
+"""
+
+
+def test_import_compresskit_registers_when_transformers_loads_its_quantizers(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", HOOK_CHECK], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "registered: True" in result.stdout
