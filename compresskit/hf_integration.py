@@ -102,6 +102,13 @@ class CompressKitHfQuantizer(HfQuantizer):
                 "compressed. Load the dense model plainly and compress it with compresskit.decompose "
                 "(or `compresskit compress`); compressed folders carry their own config."
             )
+        written = self.quantization_config.format
+        if written > FORMAT_VERSION:
+            raise CheckpointError(
+                f"config.json: this folder was written in compresskit format {written} (compresskit "
+                f"{self.quantization_config.compresskit_version}); this compresskit reads formats up to "
+                f"{FORMAT_VERSION}. Upgrade compresskit to load it."
+            )
         check_plugins(self.quantization_config.compression_plans(), active_registry())
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:

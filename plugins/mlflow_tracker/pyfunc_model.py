@@ -15,6 +15,7 @@ logged or loaded (MLflow imports slowly).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -78,6 +79,36 @@ class CompressedTextClassifier(PythonModel):
         scores, ids = probabilities.max(dim=-1)
         names: Any = self.model.config.id2label
         return pd.DataFrame({"label": [str(names[int(i)]) for i in ids], "score": scores.tolist()})
+
+
+def save(
+    path: Path,
+    folder: Path,
+    input_example: Sequence[dict[str, str]] | None,
+    *,
+    run_id: str | None,
+    logged_model: Any,
+) -> None:
+    """Write the MLflow model of the saved ``folder`` into ``path`` (models from code: the class is named
+    by ``pyfunc_entry.py``, nothing is pickled), recorded as ``logged_model`` of run ``run_id``."""
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    mlflow_model = Model(
+        artifact_path=logged_model.artifact_location,
+        model_uuid=logged_model.model_id,
+        run_id=run_id,
+        model_id=logged_model.model_id,
+    )
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+        artifacts={"model": str(folder)},
+        signature=signature(),
+        input_example=input_frame(input_example),
+        pip_requirements=pip_requirements(),
+        mlflow_model=mlflow_model,
+    )
 
 
 def signature() -> ModelSignature:

@@ -20,9 +20,7 @@ MLflow model (:meth:`MlflowTracker.log_model`: a pyfunc model with signature and
 :mod:`.pyfunc_model`), and the run's summary table and Pareto plot as artifacts (``summary/``).
 
 MLflow is imported lazily (it takes seconds), and only ``MlflowClient`` with explicit run ids is used,
-never the fluent active-run state, so several trackers can run in one process. (Logging a model goes
-through ``mlflow.models.Model.log`` with the run id; it reads the global tracking URI, which is set to
-this tracker's for that call only.)
+never the fluent active-run state, so several trackers can run in one process.
 """
 
 from __future__ import annotations
@@ -245,41 +243,31 @@ class MlflowTracker(Tracker):
             )
             self._log_local(folder, MODEL_ARTIFACT_PATH)
             return
-        import mlflow
-        from mlflow.exceptions import MlflowException
-        from mlflow.models import Model
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
         from . import pyfunc_model
 
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)  # Model.log resolves the store from the global URI
-        try:
-            # Created here, in the run's own experiment: left to Model.log, the model would go to the
-            # fluent API's current experiment (the default one, under ./mlruns).
-            experiment_id = self._client.get_run(self.run_id).info.experiment_id
-            logged = self._client.create_logged_model(
-                experiment_id, name=MODEL_ARTIFACT_PATH, source_run_id=self.run_id
-            )
-            Model.log(
-                artifact_path=None,
-                name=MODEL_ARTIFACT_PATH,
-                model_id=logged.model_id,
-                flavor=mlflow.pyfunc,
-                run_id=self.run_id,
-                python_model=str(Path(pyfunc_model.__file__).with_name("pyfunc_entry.py")),
-                artifacts={"model": str(folder)},
-                signature=pyfunc_model.signature(),
-                input_example=pyfunc_model.input_frame(input_example),
-                pip_requirements=pyfunc_model.pip_requirements(),
-            )
-        except (MlflowException, OSError):
-            raise  # the store failed: _send records the rest of the run in the journal
-        except Exception as exc:  # the model could not be packaged: the run itself goes on, tracked
-            warnings.warn(
-                f"mlflow tracker: the model was not logged: {type(exc).__name__}: {exc}", stacklevel=3
-            )
-        finally:
-            mlflow.set_tracking_uri(previous)
+        # The model is created with this tracker's client, in the run's own experiment and linked to the
+        # run (`runs:/<id>/model`); mlflow's Model.log would read the process-global tracking URI and
+        # experiment instead (and setting those also rewrites MLFLOW_TRACKING_URI in os.environ).
+        experiment_id = self._client.get_run(self.run_id).info.experiment_id
+        logged = self._client.create_logged_model(
+            experiment_id, name=MODEL_ARTIFACT_PATH, source_run_id=self.run_id
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / MODEL_ARTIFACT_PATH
+            try:
+                pyfunc_model.save(local, folder, input_example, run_id=self.run_id, logged_model=logged)
+            except Exception as exc:  # could not be packaged: the run goes on, tracked, without a model
+                self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                problem = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"mlflow tracker: the model was not logged: {problem}", stacklevel=3)
+                return
+            self._client.log_model_artifacts(logged.model_id, str(local))
+        self._client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
 
     def _log_local(self, local: Path, artifact_path: str | None) -> None:
         if local.is_dir():

@@ -56,6 +56,24 @@ def test_from_pretrained_equals_compresskit_load(arch: str, groups: Any, tmp_pat
         assert torch.equal(main_output(compresskit.load(tmp_path / folder), inputs), expected), folder
 
 
+def test_a_loaded_compressed_model_casts_like_any_model(tmp_path: Path) -> None:
+    model = compressed("bert", [KRON_LINEAR])
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    half = loaded.half()  # transformers refuses .half() on quantized models; a compressed one is not
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+    assert half.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float16
+
+
+def test_a_folder_of_a_newer_format_is_refused(tmp_path: Path) -> None:
+    compressed("bert", [LINEAR]).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"]["format"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"format 99.*Upgrade compresskit"):
+        compresskit.load(tmp_path)
+
+
 def test_base_model_class_loads_a_task_model_folder(tmp_path: Path) -> None:
     model, inputs = compressed("bert", [KRON_LINEAR]), tiny_inputs("bert")
     model.save_pretrained(tmp_path)
