@@ -3,9 +3,11 @@
 The names below are the public API; everything else is an implementation detail.
 """
 
+from compresskit import hf_hook as _hf_hook
 from compresskit.api import compress, distill, evaluate
 from compresskit.commands import Command
 from compresskit.component import Component
+from compresskit.compressed import CompressedModuleMixin, DenseWeightView
 from compresskit.decomposition import (
     DEFAULT_TOKENS,
     CompressedModule,
@@ -62,6 +64,9 @@ from compresskit.walker import decompose, plan_compression
 
 __version__ = "0.1.0"
 
+# `AutoModel*.from_pretrained(compressed_folder)` works once compresskit is imported (hf_integration.py).
+_hf_hook.install()
+
 __all__ = [
     "DEFAULT_TOKENS",
     "CheckpointError",
@@ -70,6 +75,7 @@ __all__ = [
     "CompressKitError",
     "CompressResult",
     "CompressedModule",
+    "CompressedModuleMixin",
     "CompressionPlan",
     "CompressionReport",
     "ConfigError",
@@ -77,6 +83,7 @@ __all__ = [
     "DataError",
     "Decomposition",
     "DecompositionError",
+    "DenseWeightView",
     "DistillationOutputs",
     "Distiller",
     "DuplicateNameError",

@@ -106,6 +106,7 @@ def distill(
 def evaluate(
     model: Any,
     task: str = "glue",
+    /,
     *,
     tokenizer: Any = None,
     split: str = "dev",
@@ -117,7 +118,9 @@ def evaluate(
 ) -> dict[str, float]:
     """The official metrics of ``model`` (a module or a saved folder) on a registered task's split.
 
-    ``evaluate(model, "glue", task="sst2", tokenizer=tok)`` → ``{"accuracy": 0.9}``.
+    ``evaluate(model, "glue", task="sst2", tokenizer=tok)`` → ``{"accuracy": 0.9}`` (the task name is
+    positional, so a task option may be called ``task``). A folder is loaded with its own tokenizer;
+    a folder without one is refused (:class:`ConfigError`) before the model is loaded.
     """
     from compresskit.models import load_tokenizer
 
@@ -125,8 +128,8 @@ def evaluate(
     task_obj = registry.create("task", task, task_options, where="task.options")
     if isinstance(model, str | Path):
         folder = Path(model)
+        tokenizer = tokenizer or load_tokenizer(folder)  # checked before the model is loaded
         model = _load_any(folder, task_obj)
-        tokenizer = tokenizer or load_tokenizer(folder)
     if tokenizer is None:
         raise TypeError("evaluate(model, ...) needs tokenizer=... when model is not a saved folder")
     return task_obj.evaluate(
@@ -135,23 +138,31 @@ def evaluate(
 
 
 def _save_input_model(model: Any, run_dir: Path) -> Path:
-    """Save an in-memory Hugging Face model as the run's teacher (its tokenizer must be findable:
-    set ``[model] tokenizer``)."""
+    """Save an in-memory Hugging Face model as the run's teacher, with the tokenizer of the folder it
+    was loaded from when there is one (otherwise set ``[model] tokenizer``)."""
     if not hasattr(model, "save_pretrained"):
         raise TypeError(
             "compress(model, ...): expected a path, 'default' or a Hugging Face model, "
             f"got {type(model).__name__}"
         )
+    import contextlib
+
+    from compresskit.errors import ConfigError
+    from compresskit.models import load_tokenizer
+
     folder = run_dir / "input_model"
     model.save_pretrained(folder)
+    source = str(getattr(model, "name_or_path", "") or "")
+    if source and Path(source).is_dir():  # keep the folder usable on its own: its tokenizer beside it
+        with contextlib.suppress(ConfigError):  # none there: preflight asks for [model] tokenizer
+            load_tokenizer(source).save_pretrained(folder)
     return folder
 
 
 def _load_any(folder: Path, task: Any) -> Any:
     from compresskit.models import load_task_model
+    from compresskit.saving import is_compressed_folder, load
 
-    if (folder / "compression_plan.json").is_file():
-        from compresskit.saving import load
-
+    if is_compressed_folder(folder):
         return load(folder)
     return load_task_model(folder, task)

@@ -106,13 +106,19 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+#: Files holding a model's tensors; a saved folder's tokenizer, config and card are not the model's size.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".gguf")
+
+
 def size_on_disk_mb(folder: str | Path) -> float:
-    """Total size of the files under ``folder`` (recursively), in MB (10^6 bytes)."""
+    """Total size of the weight files (``WEIGHT_SUFFIXES``) under ``folder`` (recursively), in MB (10^6
+    bytes); a file path counts that file. Tokenizer, config and model card files are left out, so a
+    folder saved with its tokenizer measures the same as one without."""
     root = Path(folder)
     if not root.exists():
         raise ConfigError(f"size_on_disk_mb: {root} does not exist; save the model there first.")
     files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files) / 1e6
+    return sum(p.stat().st_size for p in files if root.is_file() or p.suffix in WEIGHT_SUFFIXES) / 1e6
 
 
 def dense_model_flops(model: nn.Module, tokens: int = DEFAULT_TOKENS) -> int:

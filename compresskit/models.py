@@ -196,10 +196,35 @@ def load_task_model(path: str | Path, task: Any, *, where: str = "model.teacher"
         transformers.logging.set_verbosity(verbosity)
 
 
+#: Files holding a tokenizer's vocabulary; a folder with none of them has no usable tokenizer.
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "source.spm",
+)
+
+
 def load_tokenizer(path: str | Path, where: str = "model.tokenizer") -> Any:
-    """The tokenizer of a model folder or Hub id."""
+    """The tokenizer of a model folder or Hub id.
+
+    A local folder without any vocabulary file is refused: transformers would otherwise build a
+    tokenizer from the config alone, with a handful of special tokens, which maps every word to
+    ``[UNK]`` and gives chance-level scores without any error. Raises :class:`ConfigError` with the fix.
+    """
     from transformers import AutoTokenizer
 
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        raise ConfigError(
+            f"{where}: {str(path)!r} has no tokenizer (none of {', '.join(VOCABULARY_FILES)}); a tokenizer "
+            "built without one turns every word into [UNK]. Save the tokenizer into the folder "
+            "(tokenizer.save_pretrained(folder)), or say where it is: `compresskit evaluate --tokenizer "
+            "PATH`, `[model] tokenizer = PATH` in a strategy."
+        )
     try:
         return AutoTokenizer.from_pretrained(str(path), **NO_REMOTE_CODE)
     except (OSError, ValueError, KeyError) as exc:

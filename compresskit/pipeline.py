@@ -42,7 +42,7 @@ from compresskit.run_state import RunState, write_json_atomic, write_text_atomic
 from compresskit.seeding import seeded
 from compresskit.signals import terminate_as_interrupt
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
-from compresskit.summary import format_summary, summarize
+from compresskit.summary import format_summary, summarize, write_run_card
 from compresskit.tracking import NullTracker, Tracker
 
 #: Parts of the strategy every stage depends on (fingerprinted with the steps up to the stage).
@@ -187,8 +187,9 @@ class Pipeline:
         measured = self._stage(state, "measure", parts["measure"], lambda: self._measure(ctx, saved))
         summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
         write_json_atomic(self.run_dir / "summary.json", summary)
+        write_run_card(Path(summary["model_dir"]), summary, self.strategy)
         if log_final:
-            self._log_final(ctx.tracker, summary)
+            self._log_final(ctx, summary)
         return summary
 
     def _stage_parts(self) -> dict[str, dict[str, Any]]:
@@ -229,6 +230,7 @@ class Pipeline:
             raise storage_failure(exc, f"the output of stage {key} in {self.run_dir}", intact) from exc
         seconds = time.perf_counter() - start
         state.complete(key, fingerprint, result, seconds)
+        stages.drop_checkpoints(result.get("work"))  # the stage is recorded: resuming no longer needs them
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
         if self.on_stage_end is not None:
             self.on_stage_end(key)
@@ -286,11 +288,12 @@ class Pipeline:
             raise ConfigError("the strategy has no steps: add a [[steps]] decompose and/or distill step.")
         shutil.rmtree(model_dir, ignore_errors=True)
         shutil.copytree(current, model_dir)
-        ctx.tokenizer.save_pretrained(self.run_dir / "tokenizer")
+        ctx.tokenizer.save_pretrained(model_dir)
         teacher_copy = Path(teacher_dir)
         if not (teacher_copy / "model.safetensors").is_file():  # a Hub id or another layout: save a copy
             teacher_copy = self.run_dir / "teacher" / stages.MODEL_DIR
             stages.load_task_model(teacher_dir, ctx.task).save_pretrained(teacher_copy)
+            ctx.tokenizer.save_pretrained(teacher_copy)
         return {"path": str(model_dir), "teacher_path": str(teacher_copy)}
 
     def _measure(self, ctx: stages.RunContext, saved: Mapping[str, Any]) -> dict[str, Any]:
@@ -330,12 +333,16 @@ class Pipeline:
         if run_id is not None:
             state.set("run_id", run_id)
         state.set(RUN_STATUS, "RUNNING")
+        tracker.set_description(run_description(self.strategy))
         stages.log_params(tracker, self.strategy)
         tracker.log_artifact(self.run_dir / "strategy.toml")
 
-    def _log_final(self, tracker: Tracker, summary: Mapping[str, Any]) -> None:
+    def _log_final(self, ctx: stages.RunContext, summary: Mapping[str, Any]) -> None:
+        tracker = ctx.tracker
         tracker.log_metrics(summary.get("metrics", {}))
         tracker.log_artifact(self.run_dir / "summary.json")
+        tracker.log_summary(summary, format_summary(summary))
+        tracker.log_model(summary["model_dir"], input_example=input_example(ctx))
 
     def _write_resolved_config(self) -> None:
         from compresskit.config import dumps_toml
@@ -359,6 +366,27 @@ def _empty_run_dir(run_dir: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def run_description(strategy: Strategy) -> str:
+    """The run's description (Markdown): the strategy's own description and the resolved config."""
+    from compresskit.config import dumps_toml
+
+    head = f"**{strategy.name}**" + (f": {strategy.description}" if strategy.description else "")
+    return f"{head}\n\n```toml\n{dumps_toml(strategy.to_dict())}```\n"
+
+
+def input_example(ctx: stages.RunContext, rows: int = 2) -> list[dict[str, str]] | None:
+    """The first evaluation examples as model inputs (``text``, ``text_pair``), for the logged model."""
+    columns = tuple(getattr(ctx.task, "text_columns", ()))
+    if not columns:
+        return None
+    examples = ctx.task.load_split(ctx.strategy.evaluation.split)
+    names = ("text", "text_pair")
+    return [
+        {name: str(examples[i][column]) for name, column in zip(names, columns, strict=False)}
+        for i in range(min(rows, len(examples)))
+    ]
 
 
 def _print_flushed(message: str) -> None:

@@ -1,16 +1,18 @@
 """Save, reload and merge compressed models.
 
-A saved folder is ``save_pretrained``-shaped:
+A saved folder is an ordinary ``save_pretrained`` folder (see :mod:`compresskit.hf_integration`):
 
-- ``config.json``: the Hugging Face config (``architectures`` names the model class);
-- ``model.safetensors``: every tensor of the compressed model (tied tensors stored once);
-- ``compression_plan.json``: the compresskit version, the model class and every applied plan (module
-  names, decomposition, options, spec, and the plugin + distribution version that provided it).
+- ``config.json``: the Hugging Face config (``architectures`` names the model class, ``dtype`` the
+  saved dtype) with ``quantization_config = {"quant_method": "compresskit", "plans": [...]}``: every
+  applied plan (module names, decomposition, options, spec, and the plugin + version that provided it);
+- ``model.safetensors``: the factor tensors (tied tensors stored once) and one marker per compressed
+  module under the dense weight's name, so that transformers without compresskit refuses the folder.
 
-:func:`load` builds the architecture from the config, rebuilds each replacement from its spec through
-the plugin registry (``build(..., initialize=False)``, no decomposition re-run) and loads the weights
-strictly, so outputs are bit-identical. :func:`merge` multiplies the factors back into plain dense
-modules: the result is an ordinary ``transformers`` model that loads without compresskit.
+:func:`load` is ``from_pretrained`` with compresskit's quantizer: the architecture from the config, each
+replacement rebuilt from its spec through the plugin registry (``build(..., initialize=False)``, no
+decomposition re-run), the weights loaded strictly, so outputs are bit-identical. Folders written by
+compresskit 0.1 (plan in ``compression_plan.json``) load too. :func:`merge` multiplies the factors back
+into plain dense modules: the result is an ordinary ``transformers`` model that loads without compresskit.
 """
 
 from __future__ import annotations
@@ -18,21 +20,29 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 from torch import nn
 
-from compresskit.errors import CheckpointError, CompressKitError, DecompositionError, PluginError
+from compresskit import model_card
+from compresskit.errors import CheckpointError, CompressKitError, DecompositionError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan
-from compresskit.walker import PLANS_ATTRIBUTE, build_replacements, swap_modules
+from compresskit.walker import PLANS_ATTRIBUTE
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+#: The plan file of compresskit 0.1 folders (read for backward compatibility, no longer written).
 PLAN_FILE = "compression_plan.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
 def compression_plans(model: nn.Module) -> tuple[CompressionPlan, ...]:
@@ -40,16 +50,24 @@ def compression_plans(model: nn.Module) -> tuple[CompressionPlan, ...]:
     return tuple(getattr(model, PLANS_ATTRIBUTE, ()))
 
 
-def save(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``compression_plan.json`` into ``directory``.
+def save(
+    model: nn.Module, directory: str | Path, *, tokenizer: Any = None, base_model: str | None = None
+) -> Path:
+    """``model.save_pretrained(directory)`` for a (compressed) Hugging Face model, file by file atomically.
 
-    Each file is written under a temporary name and then renamed, so an interrupted save never leaves
-    a half-written file under a final name.
+    Writes ``config.json`` (with the compression plans, the model's real dtype and its label names),
+    ``model.safetensors``, ``generation_config.json`` for generative models, the ``tokenizer`` when
+    given (so the folder is usable on its own: ``pipeline()``, ``compresskit evaluate``) and a model card
+    (``README.md``; ``base_model``: a Hub id, default the config's ``_name_or_path``). The files are written
+    into a temporary folder and each is then renamed into ``directory``, so an interrupted save never
+    leaves a half-written file under a final name. Raises :class:`CheckpointError` for a model that
+    is not a transformers ``PreTrainedModel``.
     """
-    from safetensors.torch import save_model
+    from transformers import PreTrainedModel
+
+    from compresskit.hf_integration import attach
 
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     from compresskit.quantize import is_quantized
 
     if is_quantized(model):
@@ -59,136 +77,197 @@ def save(model: nn.Module, directory: str | Path) -> Path:
             "compresskit.quantize_dynamic after compresskit.load, or export it with "
             "`compresskit export --quantize int8`."
         )
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_json_string"):
+    if not isinstance(model, PreTrainedModel):
         raise CheckpointError(
             f"cannot save {type(model).__name__} to {folder}: it has no Hugging Face `config`; save works "
             "on transformers models (PreTrainedModel)."
         )
-    config = copy.deepcopy(config)
-    config.architectures = [type(model).__name__]
-    _write_text(folder / CONFIG_FILE, config.to_json_string(use_diff=False))
-    tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_model(model, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS_FILE)
-    _write_text(folder / PLAN_FILE, json.dumps(_plan_document(model), indent=2))
+    attach(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / ".compresskit-save.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    facts = model_card.facts_from_model(model, staging, model_card.base_model_id(base_model))
+    model_card.write(staging, facts)
+    for file in sorted(staging.iterdir()):
+        os.replace(file, folder / file.name)
+    staging.rmdir()
+    (folder / PLAN_FILE).unlink(missing_ok=True)  # an old plan file would contradict config.json
     return folder
 
 
-def _plan_document(model: nn.Module) -> dict[str, Any]:
-    from compresskit import __version__
+def is_compressed_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a compressed model (plan in config.json, or compression_plan.json)."""
+    path = Path(folder)
+    if (path / PLAN_FILE).is_file():
+        return True
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    return isinstance(quantization, dict) and quantization.get("quant_method") == "compresskit"
 
-    cls = type(model)
-    return {
-        "format": FORMAT_VERSION,
-        "compresskit_version": __version__,
-        "model_class": f"{cls.__module__}.{cls.__qualname__}",
-        "plans": [plan.to_dict() for plan in compression_plans(model)],
-    }
+
+@overload
+def load(
+    directory: str | Path,
+    *,
+    model_class: type[ModelT],
+    dtype: torch.dtype | str | None = None,
+    device_map: str | Mapping[str, Any] | torch.device | None = None,
+    registry: Registry | None = None,
+) -> ModelT: ...
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+@overload
+def load(
+    directory: str | Path,
+    *,
+    model_class: Any = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | Mapping[str, Any] | torch.device | None = None,
+    registry: Registry | None = None,
+) -> PreTrainedModel: ...
 
 
 def load(
     directory: str | Path,
     *,
+    model_class: Any = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | Mapping[str, Any] | torch.device | None = None,
     registry: Registry | None = None,
-    model_class: type[nn.Module] | None = None,
-) -> nn.Module:
-    """Rebuild a model saved by :func:`save`: architecture, compressed structure, weights (strict).
+) -> Any:
+    """Rebuild a model saved by :func:`save` / ``save_pretrained``: architecture, compressed modules, weights.
 
-    ``model_class`` overrides the class named in ``config.json`` (e.g. ``AutoModel``-style loading of
-    another head: pass the class). Raises :class:`CheckpointError` naming the file for a missing or
-    corrupt file or mismatching weights, and :class:`PluginError` naming the decomposition and the
-    plugin recorded in the plan when that plugin is not installed.
+    ``dtype`` and ``device_map`` mean what they mean for ``from_pretrained`` (default: the saved dtype,
+    one device). ``model_class`` overrides the class named in ``config.json`` (a concrete class, or an
+    auto class such as ``AutoModelForCausalLM``); the return type is that class. The weights must match
+    the plan exactly. Raises :class:`CheckpointError` naming the file for a missing or corrupt file or
+    mismatching weights, and :class:`PluginError` naming the decomposition and the plugin recorded in the
+    plan when that plugin is not installed. Equivalent to ``AutoModel*.from_pretrained(directory)`` after
+    ``import compresskit``, with strict checks.
     """
+    from compresskit.hf_integration import using_registry
+
     folder = Path(directory)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, PLAN_FILE):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder / name} is missing; {folder} is not a folder written by save().")
-    plans = read_plans(folder)
-    registry = registry or Registry.from_plugins()
-    _check_plugins(plans, registry, folder)
-    model = _instantiate(folder, model_class)
-    for plan in plans:
+    config = _compressed_config(folder)
+    cls = model_class or _architecture(folder, config)
+    with using_registry(registry), _quiet_transformers():
         try:
-            swap_modules(model, plan, build_replacements(model, plan, registry=registry, initialize=False))
-        except CompressKitError as exc:
-            where = folder / PLAN_FILE
-            raise CheckpointError(f"{where}: cannot rebuild the compressed structure: {exc}") from exc
-    _load_weights(model, folder / WEIGHTS_FILE)
-    setattr(model, PLANS_ATTRIBUTE, plans)
-    return model.eval()
+            model, info = cls.from_pretrained(
+                str(folder),
+                config=config,
+                dtype=dtype if dtype is not None else "auto",
+                device_map=device_map,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                trust_remote_code=False,
+            )
+        except OSError as exc:
+            raise CheckpointError(f"{folder}: cannot read the saved model: {exc}") from None
+        except CompressKitError:
+            raise
+        except Exception as exc:  # safetensors' SafetensorError and friends: a truncated or garbage file
+            raise CheckpointError(
+                f"{folder}: the saved weights cannot be read ({type(exc).__name__}: {exc}); the file is "
+                "truncated or damaged. Save the model again (or copy the folder again)."
+            ) from None
+    _check_loading_info(info, folder)
+    return model
 
 
 def read_plans(folder: Path) -> tuple[CompressionPlan, ...]:
-    """The plans recorded in ``folder/compression_plan.json``."""
-    path = folder / PLAN_FILE
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        return tuple(CompressionPlan.from_dict(plan) for plan in document["plans"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-        raise CheckpointError(f"{path} is not a valid compression plan: {problem}") from None
+    """The plans recorded in ``folder`` (config.json, or compression_plan.json of 0.1 folders)."""
+    from compresskit.hf_integration import CompressKitConfig
+
+    config = _compressed_config(folder)
+    return CompressKitConfig(**dict(config.quantization_config)).compression_plans()
 
 
-def _check_plugins(plans: tuple[CompressionPlan, ...], registry: Registry, folder: Path) -> None:
-    installed = set(registry.names("decomposition"))
-    for plan in plans:
-        for module in plan.modules:
-            if module.decomposition not in installed:
-                plugin = module.plugin
-                raise PluginError(
-                    f"{folder / PLAN_FILE}: module {module.name!r} was compressed with decomposition "
-                    f"{module.decomposition!r} from plugin {plugin.get('plugin', '?')!r} (distribution "
-                    f"{plugin.get('distribution', '?')} {plugin.get('version', '')}), which is not installed "
-                    f"(or is blocked by COMPRESSKIT_DISABLE_PLUGINS). Install that distribution to load this "
-                    "model."
-                )
-
-
-def _instantiate(folder: Path, model_class: type[nn.Module] | None) -> nn.Module:
+def _compressed_config(folder: Path) -> Any:
+    """The folder's transformers config, with the compresskit plans as its ``quantization_config``."""
     import transformers
 
+    from compresskit.hf_integration import QUANT_METHOD, CompressKitConfig
+
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{folder / CONFIG_FILE} is missing; {folder} is not a saved model folder.")
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: cannot read the model config: {exc}") from exc
-    if model_class is None:
-        names = list(getattr(config, "architectures", None) or [])
-        found = getattr(transformers, names[0], None) if names else None
-        if not isinstance(found, type):
-            raise CheckpointError(
-                f"{folder / CONFIG_FILE}: `architectures` is {names!r}, not a transformers model class; "
-                "pass model_class=... to load()."
-            )
-        model_class = found
-    from_config = getattr(model_class, "from_config", None)
-    model = from_config(config) if callable(from_config) else model_class(config)
-    return model
-
-
-def _load_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_model
-
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the weights do not match the compression plan: {exc}") from None
-    except Exception as exc:  # safetensors' SafetensorError: a truncated or garbage file
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is None:
+        config.quantization_config = CompressKitConfig(plans=_legacy_plans(folder)).to_dict()
+        return config
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    if method != QUANT_METHOD:
         raise CheckpointError(
-            f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is truncated or damaged. "
-            "Save the model again (or copy the folder again)."
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: the weights do not match the compression plan; missing keys: "
-            f"{sorted(missing)[:10]}, unexpected keys: {sorted(unexpected)[:10]}."
+            f"{folder / CONFIG_FILE}: quantization_config has quant_method {method!r}, not "
+            f"{QUANT_METHOD!r}; this folder was not written by compresskit. Load it with from_pretrained."
         )
+    return config
+
+
+def _legacy_plans(folder: Path) -> list[dict[str, Any]]:
+    path = folder / PLAN_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} has no compresskit quantization_config and {path} is missing; {folder} "
+            "is not a folder written by compresskit.save / save_pretrained of a compressed model."
+        )
+    try:
+        plans = json.loads(path.read_text(encoding="utf-8"))["plans"]
+        for plan in plans:
+            CompressionPlan.from_dict(plan)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid compression plan: {type(exc).__name__}: {exc}"
+        ) from None
+    return list(plans)
+
+
+def _architecture(folder: Path, config: Any) -> Any:
+    import transformers
+
+    names = list(getattr(config, "architectures", None) or [])
+    found = getattr(transformers, names[0], None) if names else None
+    if not isinstance(found, type):
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE}: `architectures` is {names!r}, not a transformers model class; "
+            "pass model_class=... to load()."
+        )
+    return found
+
+
+def _check_loading_info(info: Mapping[str, Any], folder: Path) -> None:
+    missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    mismatched = sorted(info.get("mismatched_keys", ()))
+    if missing or unexpected or mismatched:
+        shapes = [f"{name}: file {tuple(a)} vs model {tuple(b)}" for name, a, b in mismatched[:10]]
+        raise CheckpointError(
+            f"{folder / WEIGHTS_FILE}: the weights do not match the compression plan; missing keys: "
+            f"{missing[:10]}, unexpected keys: {unexpected[:10]}, wrong shapes: {shapes}."
+        )
+
+
+class _quiet_transformers:
+    """transformers' load report repeats what :func:`_check_loading_info` raises; silence it meanwhile."""
+
+    def __enter__(self) -> None:
+        import transformers
+
+        self.level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+
+    def __exit__(self, *exc: object) -> None:
+        import transformers
+
+        transformers.logging.set_verbosity(self.level)
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -212,6 +291,10 @@ def merge(model: nn.Module) -> nn.Module:
                 _set(merged, name, _tied_linear(merged.get_submodule(name), dense[id(replacement)]))
     if PLANS_ATTRIBUTE in vars(merged):
         delattr(merged, PLANS_ATTRIBUTE)
+    if "PreTrainedModel" in [cls.__name__ for cls in type(merged).__mro__]:
+        from compresskit.hf_integration import detach
+
+        detach(merged)
     return merged
 
 

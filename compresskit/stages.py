@@ -90,11 +90,13 @@ def finetune_teacher(ctx: RunContext, out: Path) -> dict[str, Any]:
         fingerprint={"stage": "finetune", "strategy": ctx.strategy.fingerprint("model", "task", "finetune")},
     ).train()
     model.save_pretrained(out / MODEL_DIR)
+    ctx.tokenizer.save_pretrained(out / MODEL_DIR)  # a folder usable on its own (evaluate, pipeline)
     return {
         "path": str(out / MODEL_DIR),
         "finetuned_here": True,
         "steps": result.steps,
         "throughput": result.throughput,
+        "work": str(out / "work"),
     }
 
 
@@ -134,7 +136,7 @@ def decompose_step(
     (out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
     if hasattr(report, "format"):
         (out / "report.txt").write_text(report.format())
-    save_student(student, out / MODEL_DIR)
+    save_student(student, out / MODEL_DIR, ctx.tokenizer)
     ctx.tracker.log_artifact(out / "report.json", f"steps/{index:02d}-decompose")
     totals = report_data.get("totals", {})
     return {"path": str(out / MODEL_DIR), "report": str(out / "report.json"), "totals": totals}
@@ -164,8 +166,13 @@ def distill_step(
         tracker=ctx.tracker,
         registry=ctx.registry,
     )
-    save_student(student, out / MODEL_DIR)
-    return {"path": str(out / MODEL_DIR), "distiller": step.distiller, "result": _jsonable(result)}
+    save_student(student, out / MODEL_DIR, ctx.tokenizer)
+    return {
+        "path": str(out / MODEL_DIR),
+        "distiller": step.distiller,
+        "result": _jsonable(result),
+        "work": str(out / "work"),
+    }
 
 
 def with_run_training_defaults(ctx: RunContext, step: DistillStep) -> dict[str, Any]:
@@ -228,19 +235,30 @@ def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: in
 # --------------------------------------------------------------------------- saving and loading
 
 
-def save_student(model: torch.nn.Module, folder: Path) -> None:
-    """Save a (possibly decomposed) model so :func:`load_student` rebuilds it exactly."""
+def save_student(model: torch.nn.Module, folder: Path, tokenizer: Any = None) -> None:
+    """Save a (possibly decomposed) model, with its tokenizer, so :func:`load_student` rebuilds it exactly."""
     from compresskit.saving import save
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save(model, tmp)
+        save(model, tmp, tokenizer=tokenizer)
     except BaseException:  # a full disk or an interruption leaves no half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def drop_checkpoints(work: str | Path | None) -> None:
+    """Delete the training checkpoints under a finished stage's ``work`` folder (only resuming needs them)."""
+    from compresskit.checkpoint import CHECKPOINTS_DIR
+
+    if not work or not Path(work).is_dir():
+        return
+    for folder in sorted(Path(work).rglob(CHECKPOINTS_DIR), reverse=True):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_student(folder: str | Path) -> torch.nn.Module:

@@ -147,9 +147,56 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     uri = summary.get("tracking_uri")
     if uri and summary.get("run_id"):  # only a run the tracking store holds can be opened in the UI
         lines.append(f"MLflow run {summary.get('run_id')}: open the UI with")
-        lines.append(f"  mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000")
+        lines.append(f"  {mlflow_ui_command(uri)}   then http://127.0.0.1:5000")
     return "\n".join(lines)
+
+
+def mlflow_ui_command(uri: str) -> str:
+    """The shell command that opens the MLflow UI on ``uri``, runnable without an activated venv.
+
+    ``python -m mlflow`` with this interpreter's absolute path: a bare ``mlflow`` is only on PATH when
+    the virtual environment is activated.
+    """
+    import shlex
+    import sys
+
+    return f"{shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def _fixed(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def write_run_card(model_dir: Path, summary: Mapping[str, Any], strategy: Strategy) -> None:
+    """The model card of the run's final student, with what the run measured (teacher vs student)."""
+    from compresskit import model_card
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    counts: dict[str, int] = {}
+    for plan in (config.get("quantization_config") or {}).get("plans", []):
+        for module in plan.get("modules", []):
+            counts[module["decomposition"]] = counts.get(module["decomposition"], 0) + 1
+    rows = {}
+    for role in ("teacher", "student"):
+        row = summary[role]
+        rows[role] = {
+            **{f"{summary.get('eval_split', 'dev')} {k}": v for k, v in row["metrics"].items()},
+            "parameters": row["params"],
+            "compression": f"{row['compression_factor']:.2f}x",
+            "size (MB)": row.get("size_mb"),
+            "latency (ms)": row.get("latency_ms"),
+        }
+    task = summary["task"]
+    facts = model_card.CardFacts(
+        architecture=(config.get("architectures") or ["?"])[0],
+        base_model=model_card.base_model_id(strategy.model.teacher),
+        parameters=int(summary["student"]["params"]),
+        size_mb=summary["student"].get("size_mb"),
+        decompositions=counts,
+        strategy=strategy.name,
+        description=strategy.description,
+        task=f"{task['name']} {task['options']}" if task.get("options") else task["name"],
+        metrics=rows,
+        labels=[str(label) for label in (config.get("id2label") or {}).values()],
+    )
+    model_card.write(model_dir, facts)

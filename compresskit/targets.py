@@ -10,9 +10,8 @@ Matching rules:
 
 - ``types``: class names matched along the MRO (``"Linear"``, ``"Conv1D"``, ``"Embedding"``), so a config
   needs no imports. Left out, a group takes the types its decomposition declares (``module_types``).
-  The pseudo-type ``"linear_except_head"`` means every ``Linear`` / ``Conv1D`` except the model's heads:
-  its output embeddings (``get_output_embeddings()``) and any module below a head attribute
-  (``classifier``, ``score``, ``qa_outputs``, ``lm_head``, ``cls``, ...).
+  The pseudo-type ``"linear_except_head"`` means every ``Linear`` / ``Conv1D`` except the model's heads,
+  found from the model's structure (see :func:`head_names`), not from attribute names.
 - ``names`` / ``exclude``: a string is a regular expression matched with ``re.fullmatch`` against the
   dotted module name; a list holds exact names or dotted suffixes (``"query"`` matches
   ``encoder.layer.0.attention.self.query``). A module reachable under several names matches if any does.
@@ -37,23 +36,6 @@ from compresskit.errors import ConfigError, NoMatchingModulesError, did_you_mean
 
 #: The pseudo-type selecting every Linear / Conv1D except the model's output heads.
 LINEAR_EXCEPT_HEAD = "linear_except_head"
-#: Attribute names under which Hugging Face models keep their task / output heads.
-HEAD_ATTRIBUTES = frozenset(
-    {
-        "classifier",
-        "pre_classifier",
-        "score",
-        "qa_outputs",
-        "lm_head",
-        "cls",
-        "head",
-        "heads",
-        "generator_lm_head",
-        "discriminator_predictions",
-        "predictions",
-        "qa_classifier",
-    }
-)
 GROUP_KEYS = ("name", "types", "names", "exclude", "decomposition", "options", "overrides", "allow_tied")
 OVERRIDE_KEYS = ("names", "options")
 STEP_KEYS = ("kind", "preset", "decomposition", "groups", "name")
@@ -256,16 +238,69 @@ def parse_step(raw: Mapping[str, Any], where: str = "steps[0]", *, registry: Any
 
 
 def head_names(model: nn.Module) -> set[str]:
-    """Dotted names of the model's heads: its output embeddings and modules under a head attribute."""
+    """Dotted names of the model's heads, found from its structure.
+
+    - The module producing the LM logits: ``get_output_embeddings()``.
+    - A task model is a base model plus a head block, whatever the head's attribute names
+      (``classifier``, BART's and T5's ``classification_head.dense`` / ``out_proj``, ``qa_outputs``,
+      ``score``, ``cls.predictions.transform``):
+
+      * every module outside the base model (Hugging Face's ``base_model_prefix`` names the base
+        model's attribute: ``bert``, ``model``, ``transformer``);
+      * every module the task class adds to its architecture's base class (``AutoModel`` of its
+        config, built on the meta device): this finds the head of a model that is its own base, such
+        as T5's ``qa_outputs`` beside ``encoder`` / ``decoder``.
+    """
     heads: set[str] = set()
     getter = getattr(model, "get_output_embeddings", None)
     output = getter() if callable(getter) else None
-    for name, module in model.named_modules(remove_duplicate=False):
+    base = _base_model(model)
+    entries = list(model.named_modules(remove_duplicate=False))
+    base_paths = tuple(name for name, module in entries if base is not None and module is base and name)
+    body = _base_class_module_names(model)
+    for name, module in entries:
         if output is not None and module is output:
             heads.add(name)
-        if name and HEAD_ATTRIBUTES & set(name.split(".")):
+        inside = any(name == path or name.startswith(path + ".") for path in base_paths)
+        if name and base_paths and not inside:
+            heads.add(name)
+        if name and body is not None and _strip(name, base_paths) not in body:
             heads.add(name)
     return heads
+
+
+def _strip(name: str, base_paths: Sequence[str]) -> str:
+    for path in base_paths:
+        if name.startswith(path + "."):
+            return name[len(path) + 1 :]
+    return name
+
+
+def _base_class_module_names(model: nn.Module) -> set[str] | None:
+    """Module names of the base architecture of ``model``'s config (None when there is none to build)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict") or "PreTrainedModel" not in class_names(model):
+        return None
+    import copy
+
+    import torch
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            base = AutoModel.from_config(copy.deepcopy(config))
+    except Exception:  # no base class registered for this config: the other rules apply
+        return None
+    if type(base) is type(model):
+        return None
+    return {name for name, _ in base.named_modules(remove_duplicate=False)}
+
+
+def _base_model(model: nn.Module) -> nn.Module | None:
+    """The base model a task model wraps (``model.<base_model_prefix>``), or None if it is its own base."""
+    prefix = getattr(model, "base_model_prefix", None)
+    base = getattr(model, prefix, None) if isinstance(prefix, str) and prefix else None
+    return base if isinstance(base, nn.Module) and base is not model else None
 
 
 def matches_types(module: nn.Module, types: Sequence[str]) -> bool:

@@ -43,6 +43,8 @@ class Task(Component):
     """
 
     problem_type: str = "single_label_classification"
+    #: Names of the one or two text fields of an example (e.g. ``("sentence1", "sentence2")``), if any.
+    text_columns: tuple[str, ...] = ()
     primary_metric: str = "accuracy"
     #: Whether a larger ``primary_metric`` is better (``False`` for e.g. perplexity).
     greater_is_better: bool = True
@@ -51,6 +53,11 @@ class Task(Component):
     def num_labels(self) -> int:
         """Size of the classification head (1 for regression)."""
         return 1
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """Human-readable class names in class-id order (saved as the model's ``id2label``), if any."""
+        return None
 
     def splits(self) -> list[str]:
         """Names of the splits this task can load, e.g. ``["train", "dev"]``."""
@@ -97,10 +104,16 @@ class Task(Component):
         raise NotImplementedError(f"task {self.name!r} does not implement compute_metrics()")
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``AutoModelFor....from_pretrained`` (head size and problem type)."""
-        if self.problem_type in ("single_label_classification", "regression"):
-            return {"num_labels": self.num_labels, "problem_type": self.problem_type}
-        return {}
+        """Keyword arguments for ``AutoModelFor....from_pretrained``: head size, problem type and, when the
+        task names its classes, ``id2label`` / ``label2id`` (so saved models and ``pipeline()`` show them)."""
+        if self.problem_type not in ("single_label_classification", "regression"):
+            return {}
+        kwargs: dict[str, Any] = {"num_labels": self.num_labels, "problem_type": self.problem_type}
+        names = self.label_names
+        if names and len(names) == self.num_labels:
+            kwargs["id2label"] = dict(enumerate(names))
+            kwargs["label2id"] = {name: index for index, name in enumerate(names)}
+        return kwargs
 
     def check_split(self, split: str) -> None:
         """Raise :class:`ConfigError` when ``split`` is not one of :meth:`splits`."""

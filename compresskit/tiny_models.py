@@ -97,6 +97,17 @@ def tiny_inputs(arch: str, *, batch: int = 2, length: int = 7, seed: int = 0) ->
     return inputs
 
 
+def tiny_tokenizer() -> Any:
+    """A word-level tokenizer over the tiny vocabulary: ``w2`` ... ``w98``, ``[PAD]`` 0, ``[UNK]`` 1."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1} | {f"w{i}": i for i in range(2, VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+
+
 def main_output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The first output tensor (logits) of ``model(**inputs)``, without gradients."""
     with torch.no_grad():

@@ -55,6 +55,16 @@ class Tracker(Component):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Record string tags."""
 
+    def set_description(self, text: str) -> None:
+        """Describe the run (Markdown; e.g. the strategy it runs)."""
+
+    def log_model(self, model_dir: str | Path, *, input_example: list[dict[str, str]] | None = None) -> None:
+        """Record the saved model in ``model_dir`` as a model of the run (loadable and servable where
+        the tracker supports it); ``input_example``: a few inputs as ``{"text": ..., "text_pair": ...}``."""
+
+    def log_summary(self, summary: Mapping[str, Any], table: str) -> None:
+        """Record the run's summary (``summary.json`` content) and its printed ``table`` with the run."""
+
     def end_run(self, status: str = "FINISHED") -> None:
         """Close the run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
 

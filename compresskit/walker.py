@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compresskit.compressed import CompressedModuleMixin
 from compresskit.decomposition import DEFAULT_TOKENS, Cost, Decomposition, class_names, dense_bias, dense_cost
 from compresskit.errors import CompressKitError, DecompositionError, NonFiniteWeightsError
 from compresskit.registry import Registry
@@ -42,19 +43,27 @@ GroupsLike = str | Mapping[str, Any] | Sequence[Mapping[str, Any] | Group]
 PLANS_ATTRIBUTE = "_compresskit_plans"
 
 
-class TiedOutputProjection(nn.Module):
+class TiedOutputProjection(CompressedModuleMixin, nn.Module):
     """Logits ``h Eᵀ + b`` from a replaced input embedding E, so an LM head stays tied to it.
 
     This is the fallback used when the replacement has no ``tied_head(bias)`` factory of its own. If
     the replacement offers ``project(h)`` (logits without building E, e.g. a Kronecker embedding), it is
     used; otherwise E comes from ``dense_weight()``. The head's bias parameter is kept as it is (same
-    object), so ties on the bias survive too.
+    object), so ties on the bias survive too. The embedding is referenced, not registered as a child:
+    its factors live (and are saved) once, under the embedding's own name.
     """
+
+    source: nn.Module
 
     def __init__(self, source: nn.Module, bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.source = source
+        object.__setattr__(self, "source", source)
         self.bias = bias if isinstance(bias, nn.Parameter) or bias is None else nn.Parameter(bias)
+        if isinstance(source, CompressedModuleMixin):
+            shape = source.dense_shape()
+        else:
+            shape = tuple(getattr(source, "dense_weight")().shape)  # noqa: B009
+        self.out_features, self.in_features = int(shape[0]), int(shape[1])
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         tied = getattr(self.source, "project", None)
@@ -64,6 +73,9 @@ class TiedOutputProjection(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         weight: torch.Tensor = getattr(self.source, "dense_weight")()  # noqa: B009
         return weight
+
+    def factor_tensor(self) -> torch.Tensor:
+        return next(iter(self.source.parameters()))
 
     def to_dense(self) -> nn.Linear:
         weight = self.dense_weight().detach()
@@ -327,10 +339,19 @@ def _build_one(
 
 
 def swap_modules(model: nn.Module, plan: CompressionPlan, replacements: Mapping[str, nn.Module]) -> None:
-    """Put every replacement at each of its names (parents resolved first, so no half-done swap)."""
+    """Put every replacement at each of its names (parents resolved first, so no half-done swap).
+
+    A replaced Hugging Face ``Conv1D`` keeps showing its (in, out) ``weight`` layout, and a bias the old
+    module shared with another module (BERT's MLM ``decoder.bias`` is ``predictions.bias``) stays shared.
+    """
+    shared = _shared_parameters(model)
     moves: list[tuple[nn.Module, str, nn.Module]] = []
     for planned in plan.modules:
         new = replacements[planned.name]
+        old = model.get_submodule(planned.name)
+        if planned.class_name == "Conv1D" and isinstance(new, CompressedModuleMixin):
+            new.dense_layout = "conv1d"
+        _keep_shared_bias(old, new, shared)
         for name in (planned.name, *planned.aliases):
             moves.append((*_parent(model, name), new))
         for name in planned.tied_outputs:
@@ -338,6 +359,26 @@ def swap_modules(model: nn.Module, plan: CompressionPlan, replacements: Mapping[
             moves.append((parent, attribute, tied_head(new, dense_bias(getattr(parent, attribute)))))
     for parent, attribute, new in moves:
         setattr(parent, attribute, new)
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters owned by more than one distinct module."""
+    owners: dict[int, int] = {}
+    for entry in module_entries(model):
+        for param in entry.module.parameters(recurse=False):
+            owners[id(param)] = owners.get(id(param), 0) + 1
+    return {key for key, count in owners.items() if count > 1}
+
+
+def _keep_shared_bias(old: nn.Module, new: nn.Module, shared: set[int]) -> None:
+    bias, new_bias = getattr(old, "bias", None), getattr(new, "bias", None)
+    if (
+        isinstance(bias, nn.Parameter)
+        and id(bias) in shared
+        and isinstance(new_bias, nn.Parameter)
+        and new_bias.shape == bias.shape
+    ):
+        new.bias = bias
 
 
 def tied_head(replacement: nn.Module, bias: torch.Tensor | None) -> nn.Module:
@@ -361,6 +402,10 @@ def decompose(
     errors = {name: relative_error(modules[name], new) for name, new in replacements.items()}
     swap_modules(model, plan, replacements)
     setattr(model, PLANS_ATTRIBUTE, (*getattr(model, PLANS_ATTRIBUTE, ()), plan))
+    if "PreTrainedModel" in class_names(model):
+        from compresskit.hf_integration import attach
+
+        attach(model)  # save_pretrained / from_pretrained / tie_weights now handle the compressed modules
     return CompressionReport(plan, errors)
 
 

@@ -91,7 +91,7 @@ class LowRankOptions:
             raise ValueError(f"param_ratio must be positive, got {self.param_ratio}")
 
 
-class _LowRankBase(nn.Module):
+class _LowRankBase(compresskit.CompressedModuleMixin, nn.Module):
     """Holds the factors ``left`` (rows×r) and ``right`` (r×cols); their product is the dense weight."""
 
     def __init__(self, rows: int, cols: int, rank: int) -> None:

@@ -50,7 +50,7 @@ class CompressCommand(Command):
             merged: Any = merge(model)
             merged.save_pretrained(str(output))
         else:
-            save(model, output)
+            save(model, output, base_model=str(args.model))
         _copy_tokenizer(path, output)
         (output / "compression_report.json").write_text(report.to_json(), encoding="utf-8")
         print(report.to_json() if args.json else report.format())
@@ -60,13 +60,11 @@ class CompressCommand(Command):
 
 
 def _copy_tokenizer(source: Path, output: Path) -> None:
-    """Save the model's tokenizer beside it when the source folder has one."""
-    import transformers
-
-    from compresskit.models import NO_REMOTE_CODE
+    """Save the model's tokenizer beside it when the source has a usable one (``load_tokenizer``)."""
+    from compresskit.models import load_tokenizer
 
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), **NO_REMOTE_CODE)
-    except (OSError, ValueError, KeyError):
+        tokenizer = load_tokenizer(source)
+    except ConfigError:
         return
     tokenizer.save_pretrained(str(output))

@@ -80,14 +80,19 @@ def distill_saved(args: argparse.Namespace, context: CommandContext) -> dict[str
     """Load the models, build the loaders the distiller's stages name, distil, save the student."""
     from compresskit.commands.finetune import create_task
     from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
-    from compresskit.saving import load, save
+    from compresskit.saving import is_compressed_folder, load, save
 
     registry = context.registry
     distiller = registry.create("distiller", args.distiller, _options(args.options), where="--options")
     task = create_task(registry, args.task, args.task_options)
-    student = load(args.student, registry=registry)
     teacher_path = resolve_model_path(args.teacher, where="--teacher")
-    tokenizer = load_tokenizer(teacher_path, where="--teacher")
+    tokenizer = load_tokenizer(teacher_path, where="--teacher")  # checked before any model is loaded
+    if is_compressed_folder(args.student):
+        student = load(args.student, registry=registry)
+    else:  # a plain (e.g. smaller dense) student
+        student = load_task_model(
+            resolve_model_path(args.student, where="--student"), task, where="--student"
+        )
     teachers = {"finetuned": load_task_model(teacher_path, task, where="--teacher")}
     stages = distiller.stages().values() if hasattr(distiller, "stages") else [distiller.options]
     data: dict[str, Any] = {}
@@ -117,5 +122,5 @@ def distill_saved(args: argparse.Namespace, context: CommandContext) -> dict[str
     result = distiller.distill(
         student, teachers, data, output_dir=output / "work", evaluate=evaluate, registry=registry
     )
-    save(student, output / "model")
+    save(student, output / "model", tokenizer=tokenizer)
     return {"model": str(output / "model"), "result": result, "dev": evaluate(student)}

@@ -31,6 +31,7 @@ class EvaluateCommand(Command):
             "--model", help="saved model folder (plain Hugging Face or compresskit), or 'default'"
         )
         add_task_arguments(parser)
+        parser.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the model folder's)")
         parser.add_argument("--split", default="dev", help="split to evaluate (default: dev)")
         parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
         parser.add_argument("--max-length", type=int, help="maximum tokens per example (default: task's)")
@@ -66,19 +67,15 @@ def _cell(value: Any) -> str:
 
 def evaluate_folder(model: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Load ``model`` (plain or compressed folder) with ``task``'s head and evaluate it."""
-    from pathlib import Path
-
     from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
+    from compresskit.saving import is_compressed_folder, load
 
     path = resolve_model_path(model, where="--model")
     task.check_split(args.split)
-    if (Path(path) / "compression_plan.json").is_file():
-        from compresskit.saving import load
+    tokenizer_source = args.tokenizer or path
+    tokenizer = load_tokenizer(tokenizer_source, where="--tokenizer" if args.tokenizer else "--model")
 
-        loaded = load(path)
-    else:
-        loaded = load_task_model(path, task, where="--model")
-    tokenizer = load_tokenizer(path, where="--model")
+    loaded = load(path) if is_compressed_folder(path) else load_task_model(path, task, where="--model")
     return dict(
         task.evaluate(loaded, tokenizer, args.split, batch_size=args.batch_size, max_length=args.max_length,
                       limit=args.limit)

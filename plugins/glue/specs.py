@@ -96,6 +96,19 @@ GLUE_TASKS: dict[str, GlueSpec] = {
     )
 }  # fmt: skip
 
+#: Class names in class-id order, as the Hub's ``nyu-mll/glue`` dataset names them (``id2label``).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "mnli": _MNLI,
+    "mnli_mismatched": _MNLI,
+    "qnli": _NLI2,
+    "rte": _NLI2,
+    "wnli": ("not_entailment", "entailment"),
+}
+
 _METRIC_FUNCTIONS = {
     "accuracy": metrics.accuracy,
     "f1": metrics.f1_binary,

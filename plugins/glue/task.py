@@ -14,7 +14,7 @@ from compresskit.errors import did_you_mean
 from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
 
 from . import reader
-from .specs import GLUE_TASKS, GlueSpec, score
+from .specs import CLASS_NAMES, GLUE_TASKS, GlueSpec, score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,7 @@ class GlueTask(Task):
     def __init__(self, options: dict[str, Any] | None = None, *, where: str = "") -> None:
         super().__init__(options, where=where)
         self.spec: GlueSpec = GLUE_TASKS[self.options.task]
+        self.text_columns = self.spec.text_columns
         self.problem_type = "regression" if self.spec.is_regression else "single_label_classification"
         self.primary_metric = self.spec.primary_metric
         self._cache: dict[str, Any] = {}
@@ -67,6 +68,10 @@ class GlueTask(Task):
     @property
     def num_labels(self) -> int:
         return self.spec.num_labels
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        return CLASS_NAMES.get(self.spec.name)
 
     def splits(self) -> list[str]:
         return list(self.spec.files)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from compresskit import DecompositionError
+from compresskit import CompressedModuleMixin, DecompositionError
 from compresskit.dispatch import WeightCache, needs_grad, probe_generator, tracing
 
 from .nearest import nearest_kronecker
@@ -32,7 +32,7 @@ from .paths import EMBEDDING, TIED_HEAD, choose_simple
 from .shapes import check_terms
 
 
-class KroneckerEmbedding(nn.Module):
+class KroneckerEmbedding(CompressedModuleMixin, nn.Module):
     """Embedding lookup from Kronecker factors: ``a`` (v, R·d/n) table, ``b`` (R, 1, n) row vectors."""
 
     def __init__(
@@ -210,19 +210,26 @@ class KroneckerEmbedding(nn.Module):
         )
 
 
-class KroneckerTiedHead(nn.Module):
+class KroneckerTiedHead(CompressedModuleMixin, nn.Module):
     """A Linear-like output layer (d → v) whose weight *is* a :class:`KroneckerEmbedding`'s table.
 
     It owns no factor of its own, so the head stays tied to the embedding (a gradient through either
-    reaches the same factors). Per token it costs one d → R·k contraction with the b_r and one
-    (R·k) → v matmul with A, instead of the dense d → v matmul.
+    reaches the same factors); the embedding is referenced, not registered as a child, so its factors
+    are saved once. A bias parameter is kept as the same object, so a bias tie (BERT's MLM
+    ``decoder.bias`` is ``predictions.bias``) survives. Per token it costs one d → R·k contraction with
+    the b_r and one (R·k) → v matmul with A, instead of the dense d → v matmul.
     """
+
+    embedding: KroneckerEmbedding
 
     def __init__(self, embedding: KroneckerEmbedding, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.embedding = embedding
+        object.__setattr__(self, "embedding", embedding)
         self.in_features, self.out_features = embedding.embedding_dim, embedding.num_embeddings
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        if bias is None or isinstance(bias, nn.Parameter):
+            self.bias = bias
+        else:
+            self.bias = nn.Parameter(bias.detach().clone())
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.embedding.project(hidden, self.bias)
@@ -230,6 +237,9 @@ class KroneckerTiedHead(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         """The (v, d) weight, equal to the embedding table."""
         return self.embedding.dense_weight()
+
+    def factor_tensor(self) -> torch.Tensor:
+        return self.embedding.a
 
     def to_dense(self) -> nn.Linear:
         """A plain (untied) ``nn.Linear`` with the reconstructed weight."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from compresskit import dense_bias, dense_weight, linear_shape
+from compresskit import CompressedModuleMixin, dense_bias, dense_weight, linear_shape
 from compresskit.dispatch import WeightCache, needs_grad, tracing
 
 from .kernels import kronecker_linear
@@ -37,7 +37,7 @@ def cheaper_order(a_shape: Shape, b_shape: Shape) -> Order:
     return "a_first" if a_first < b_first else "b_first"
 
 
-class KroneckerLinear(nn.Module):
+class KroneckerLinear(CompressedModuleMixin, nn.Module):
     """A linear layer whose weight is Σ_{r=1..R} A_r⊗B_r; input (..., n1·n2), output (..., m1·m2)."""
 
     def __init__(

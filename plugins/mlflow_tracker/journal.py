@@ -60,6 +60,8 @@ def replay_journal(path: str | Path, tracker: Tracker) -> str | None:
             tracker.set_tags(_mapping(event, "tags"))
         elif kind == "artifact" and Path(event["path"]).exists():
             tracker.log_artifact(event["path"], event.get("artifact_path"))
+        elif kind == "model" and Path(event["path"]).exists():
+            tracker.log_model(event["path"], input_example=event.get("input_example"))
         elif kind == "end":
             tracker.end_run(event.get("status", "FINISHED"))
     return run_id

@@ -13,6 +13,12 @@ An unreachable server never loses results. ``start_run`` probes an ``http(s)`` s
   call is written to a JSON-lines journal in ``fallback_dir`` (see :mod:`.journal`, which can replay it
   later). The same happens if the store fails in the middle of a run.
 
+What a run carries besides params and metrics: MLflow's standard tags (``mlflow.user``,
+``mlflow.source.name`` / ``type``, ``mlflow.source.git.commit`` — from MLflow's own
+``resolve_tags()``), the strategy as the run description (``mlflow.note.content``), the student as an
+MLflow model (:meth:`MlflowTracker.log_model`: a pyfunc model with signature and input example, see
+:mod:`.pyfunc_model`), and the run's summary table and Pareto plot as artifacts (``summary/``).
+
 MLflow is imported lazily (it takes seconds), and only ``MlflowClient`` with explicit run ids is used,
 never the fluent active-run state, so several trackers can run in one process.
 """
@@ -32,6 +38,7 @@ from typing import Any
 from compresskit import CompressKitError, Tracker
 
 from .journal import RunJournal
+from .pareto import Point, plot_pareto
 from .values import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
@@ -42,6 +49,8 @@ from .values import (
 )
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: The tag MLflow's UI shows as the run's description.
+DESCRIPTION_TAG = "mlflow.note.content"
 #: Artifacts logged under this artifact path (or below it) are the saved model (see ``log_models``).
 MODEL_ARTIFACT_PATH = "model"
 #: Tag counting the invocations that worked on one run (a resumed run counts up).
@@ -102,7 +111,7 @@ class MlflowTracker(Tracker):
         self.tracking_uri = resolve_tracking_uri(self.options.tracking_uri)
         name = self.options.run_name or run_name
         experiment_name = experiment or self.options.experiment
-        all_tags = default_tags(tags)
+        all_tags = standard_tags(default_tags(tags))
         problem = probe_store(self.tracking_uri, self.options.probe_timeout_s)
         if problem is None:
             try:
@@ -169,6 +178,39 @@ class MlflowTracker(Tracker):
         if strings:
             self._send("tags", {"tags": strings}, lambda: self._log_tags(strings))
 
+    def set_description(self, text: str) -> None:
+        """The run's description in the MLflow UI (the ``mlflow.note.content`` tag, Markdown)."""
+        self.set_tags({DESCRIPTION_TAG: text})
+
+    def log_model(self, model_dir: str | Path, *, input_example: list[dict[str, str]] | None = None) -> None:
+        """Log the saved student as the run's MLflow model ``model`` (``runs:/<id>/model``).
+
+        A sequence classifier becomes a pyfunc model (:class:`.pyfunc_model.CompressedTextClassifier`)
+        with signature, input example and pip requirements: ``mlflow.pyfunc.load_model`` predicts with it
+        and ``mlflow models serve`` serves it. Another architecture is logged as the folder's files.
+        Skipped with ``log_models = false``.
+        """
+        if not self.options.log_models:
+            return
+        folder = Path(model_dir).resolve()
+        fields = {"path": str(folder), "input_example": input_example}
+        self._send("model", fields, lambda: self._log_model(folder, input_example))
+
+    def log_summary(self, summary: Mapping[str, Any], table: str) -> None:
+        """Log ``summary/summary.txt`` (the printed table) and ``summary/pareto.png`` with the run."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / "summary"
+            folder.mkdir()
+            (folder / "summary.txt").write_text(table + "\n", encoding="utf-8")
+            panels = summary_panels(summary)
+            if panels:
+                metric = str(summary.get("primary_metric", "metric"))
+                title = f"{summary.get('strategy', '')}: {metric} vs size and speed"
+                plot_pareto(panels, metric, folder / "pareto.png", title)
+            self.log_artifact(folder, "summary")
+
     def end_run(self, status: str = "FINISHED") -> None:
         if self.run_id is None and self.journal is None:
             return
@@ -228,6 +270,44 @@ class MlflowTracker(Tracker):
         items = [RunTag(key, value) for key, value in strings.items()]
         for batch in chunks(items, MAX_PARAMS_PER_BATCH):
             self._client.log_batch(self.run_id, tags=list(batch))
+
+    def _log_model(self, folder: Path, input_example: list[dict[str, str]] | None) -> None:
+        import json
+
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+        if not str(architectures[0]).endswith("ForSequenceClassification"):
+            warnings.warn(
+                f"mlflow tracker: {architectures[0]} is not a sequence classifier; the model folder is "
+                "logged as files under 'model' (no pyfunc flavor to serve it).",
+                stacklevel=3,
+            )
+            self._log_local(folder, MODEL_ARTIFACT_PATH)
+            return
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        from . import pyfunc_model
+
+        # The model is created with this tracker's client, in the run's own experiment and linked to the
+        # run (`runs:/<id>/model`); mlflow's Model.log would read the process-global tracking URI and
+        # experiment instead (and setting those also rewrites MLFLOW_TRACKING_URI in os.environ).
+        experiment_id = self._client.get_run(self.run_id).info.experiment_id
+        logged = self._client.create_logged_model(
+            experiment_id, name=MODEL_ARTIFACT_PATH, source_run_id=self.run_id
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / MODEL_ARTIFACT_PATH
+            try:
+                pyfunc_model.save(local, folder, input_example, run_id=self.run_id, logged_model=logged)
+            except Exception as exc:  # could not be packaged: the run goes on, tracked, without a model
+                self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                problem = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"mlflow tracker: the model was not logged: {problem}", stacklevel=3)
+                return
+            self._client.log_model_artifacts(logged.model_id, str(local))
+        self._client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
 
     def _log_local(self, local: Path, artifact_path: str | None) -> None:
         if local.is_dir():
@@ -329,6 +409,34 @@ def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str
         if found is None:
             raise
         return str(found.experiment_id)
+
+
+def standard_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` plus MLflow's standard run context tags (user, source name and type, git commit)."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        resolved: dict[str, str] = resolve_tags(dict(tags))
+        return resolved
+    except Exception as exc:  # a context provider failing must not stop the run
+        warnings.warn(f"mlflow tracker: MLflow's context tags are missing ({exc}).", stacklevel=2)
+        return dict(tags)
+
+
+def summary_panels(summary: Mapping[str, Any]) -> list[tuple[str, list[Point]]]:
+    """Pareto panels (metric vs parameters, vs latency) of the run's teacher and student."""
+    metric = summary.get("primary_metric")
+    panels = []
+    for label, key in (("parameters", "params"), ("latency (ms)", "latency_ms")):
+        points = []
+        for role in ("teacher", "student"):
+            row = summary.get(role) or {}
+            quality, cost = (row.get("metrics") or {}).get(metric), row.get(key)
+            if isinstance(quality, int | float) and isinstance(cost, int | float):
+                points.append(Point(role, float(cost), float(quality), role == "teacher"))
+        if points:
+            panels.append((label, points))
+    return panels
 
 
 def _is_model_path(artifact_path: str | None) -> bool:

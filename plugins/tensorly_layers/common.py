@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from compresskit import (
+    CompressedModuleMixin,
     Decomposition,
     DecompositionError,
     MissingDependencyError,
@@ -166,7 +167,7 @@ def bias_params(spec: dict[str, Any] | Any) -> int:
     return int(spec["out_features"]) if spec.get("bias") else 0
 
 
-class TensorisedLinear(nn.Module, FactoredOrDense):
+class TensorisedLinear(CompressedModuleMixin, nn.Module, FactoredOrDense):
     """Base of the factorised linear layers: bias, sizes, ``to_dense()`` from ``dense_weight()``.
 
     ``forward`` is chosen by measured dispatch (``compresskit.dispatch``): the subclass's factor

@@ -24,9 +24,6 @@ def registry() -> Registry:
 
 def _groups(arch: str, options: dict[str, Any]) -> list[dict[str, Any]]:
     linear: dict[str, Any] = {"name": "linear", "types": ["linear_except_head"], "decomposition": "low_rank"}
-    if arch == "t5":
-        # T5's feed-forward reads `wo.weight.dtype` in its forward, which a factorised layer lacks.
-        linear["exclude"] = ["wo"]
     embedding = {"name": "embedding", "types": ["Embedding"], "decomposition": "low_rank", "allow_tied": True}
     groups = [dict(linear, options=options)]
     return groups if arch == "vit" else [dict(embedding, options=options), *groups]
@@ -142,5 +139,41 @@ def test_kronecker_tied_embedding_uses_the_plugins_tied_head_and_is_lossless(reg
     groups = [{"names": ["wte"], "decomposition": "kronecker", "options": options, "allow_tied": True}]
     decompose(model, groups, registry=registry)
     assert not isinstance(model.lm_head, TiedOutputProjection)  # the plugin's own tied head
-    assert {id(p) for p in model.lm_head.parameters()} >= {id(p) for p in model.transformer.wte.parameters()}
+    assert model.lm_head.embedding is model.transformer.wte  # referenced, so its factors are saved once
+    assert not list(model.lm_head.parameters())  # GPT-2's head has no bias: nothing of its own
     torch.testing.assert_close(main_output(model, inputs), expected, atol=2e-5, rtol=1e-4)
+    model.lm_head(torch.randn(2, 32)).sum().backward()  # the head's gradient reaches the shared factors
+    assert all(p.grad is not None for p in model.transformer.wte.parameters())
+
+
+#: (tiny architecture, task model class, the head block's Linear modules, named as the class names them).
+TASK_HEADS = [
+    ("bart", "BartForSequenceClassification", ["classification_head.dense", "classification_head.out_proj"]),
+    ("t5", "T5ForSequenceClassification", ["classification_head.dense", "classification_head.out_proj"]),
+    ("t5", "T5ForQuestionAnswering", ["qa_outputs"]),
+    ("roberta", "RobertaForSequenceClassification", ["classifier.dense", "classifier.out_proj"]),
+    ("electra", "ElectraForSequenceClassification", ["classifier.dense", "classifier.out_proj"]),
+    ("distilbert", "DistilBertForSequenceClassification", ["pre_classifier", "classifier"]),
+    ("bert", "BertForMaskedLM", ["cls.predictions.transform.dense", "cls.predictions.decoder"]),
+    ("bert", "BertForQuestionAnswering", ["qa_outputs"]),
+    ("gpt2", "GPT2ForSequenceClassification", ["score"]),
+    ("llama", "LlamaForSequenceClassification", ["score"]),
+]
+
+
+@pytest.mark.parametrize(("arch", "model_class", "head"), TASK_HEADS)
+def test_except_head_never_selects_the_head_block(
+    arch: str, model_class: str, head: list[str], registry: Registry
+) -> None:
+    import transformers
+
+    from compresskit.tiny_models import tiny_config
+    from compresskit.walker import plan_compression
+
+    model = getattr(transformers, model_class)(tiny_config(arch))
+    groups = [{"types": ["linear_except_head"], "decomposition": "low_rank", "options": {"rank": 2}}]
+    plan = plan_compression(model, groups, registry=registry)
+    planned = {module.name for module in plan.modules}
+    assert planned, "the body's linear layers are selected"
+    assert not planned & set(head)
+    assert set(head) <= {module.name for module in plan.excluded}

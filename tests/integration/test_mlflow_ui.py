@@ -129,3 +129,36 @@ def test_ui_serves_and_rest_api_returns_our_run(server: str, logged_run: tuple[s
     query = urllib.parse.urlencode({"run_id": run_id, "metric_key": "train/loss"})
     history = get_json(f"{server}/api/2.0/mlflow/metrics/get-history?{query}")["metrics"]
     assert sorted((m["step"], m["value"]) for m in history) == list(enumerate(LOSSES))
+
+
+def test_the_printed_ui_command_works_without_an_activated_venv(
+    logged_run: tuple[str, str], tmp_path: Path
+) -> None:
+    import shlex
+
+    from compresskit.summary import format_summary
+
+    uri, run_id = logged_run
+    row = {"metrics": {"accuracy": 0.8}, "params": 10, "compression_factor": 1.0}
+    summary = {
+        "strategy": "s", "task": {"name": "glue", "options": {}}, "primary_metric": "accuracy",
+        "measure": {"seq_len": 8, "batch_size": 1}, "teacher": row, "student": row,
+        "model_dir": "m", "tracking_uri": uri, "run_id": run_id,
+    }  # fmt: skip
+    printed = next(line for line in format_summary(summary).splitlines() if " ui " in line)
+    command = shlex.split(printed.split("   then ")[0])
+    port = free_port()
+    log = tmp_path / "ui.log"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("wb") as sink:  # PATH without the venv: what a shell without `activate` has
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base, process, log)
+        found = get_json(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}")
+        assert found["run"]["info"]["run_id"] == run_id
+    finally:
+        _stop(process)

@@ -129,10 +129,49 @@ def test_full_run_then_resume_skips_completed_stages(
     assert run.data.metrics["student/accuracy"] == pytest.approx(summary["student"]["metrics"]["accuracy"])
     assert run.data.params["steps.0.groups.0.decomposition"] == "low_rank"
     assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.note.content"].startswith("**tiny**")  # the strategy describes the run
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.user"]
+    assert run.outputs.model_outputs  # the student is the run's MLflow model
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "summary")}
+    assert artifacts == {"summary/summary.txt", "summary/pareto.png"}
+    served = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    import pandas as pd
+
+    predicted = served.predict(pd.DataFrame({"text": ["a gorgeous , witty film", "a dull mess"]}))
+    assert set(predicted["label"]) <= {"negative", "positive"} and len(predicted) == 2
 
     again: list[str] = []
     Pipeline(strategy, output_dir=run_dir, progress=False, on_stage_end=again.append).run()
     assert again == []  # everything was complete: nothing recomputed
+    check_folders_usable_on_their_own(run_dir, summary, data_dir / "glue-sample")
+
+
+def check_folders_usable_on_their_own(run_dir: Path, summary: dict, glue_dir: Path) -> None:
+    """The run's model folders evaluate, by themselves, to the metrics the run printed."""
+    import contextlib
+    import io
+
+    from transformers import pipeline
+
+    from compresskit.cli import main as cli_main
+
+    assert not list(run_dir.rglob("checkpoints")), "finished stages keep no training checkpoints"
+    model_dir = run_dir / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert (model_dir / "tokenizer.json").is_file()
+    card = (model_dir / "README.md").read_text()
+    assert "from_pretrained" in card and "import compresskit" in card
+    assert f"{summary['student']['metrics']['accuracy']:.4f}" in card
+    for role, folder in (("student", model_dir), ("teacher", run_dir / "teacher" / "model")):
+        argv = ["evaluate", "--model", str(folder), "--task", "glue", "--task-option", "task=sst2"]
+        argv += ["--task-option", f"data_dir={json.dumps(str(glue_dir))}", "--batch-size", "32", "--json"]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert cli_main(argv) == 0
+        assert json.loads(printed.getvalue())["accuracy"] == summary[role]["metrics"]["accuracy"], role
+    predicted = pipeline("text-classification", model=str(model_dir))("a gorgeous , witty film")
+    assert predicted[0]["label"] in {"negative", "positive"}
 
 
 def test_changed_strategy_in_same_run_dir_is_refused(

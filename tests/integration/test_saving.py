@@ -40,15 +40,13 @@ def test_load_rebuilds_the_structure_with_bit_identical_outputs(
     model = _compressed(arch, registry)
     inputs = tiny_inputs(arch)
     compresskit.save(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "compression_plan.json",
-        "config.json",
-        "model.safetensors",
-    ]
+    files = {p.name for p in tmp_path.iterdir()} - {"generation_config.json"}
+    assert files == {"README.md", "config.json", "model.safetensors"}
     loaded = compresskit.load(tmp_path, registry=registry)
     assert type(loaded) is type(model)
     assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
-    plan = json.loads((tmp_path / "compression_plan.json").read_text())
+    plan = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert plan["quant_method"] == "compresskit"
     assert plan["plans"][0]["modules"][0]["plugin"]["distribution"] == "compresskit"
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
 
@@ -76,12 +74,12 @@ def test_load_names_a_missing_plugin(registry: Registry, tmp_path: Path) -> None
 
 def test_weights_that_do_not_match_the_plan_name_the_file(registry: Registry, tmp_path: Path) -> None:
     compresskit.save(_compressed("bert", registry, [LINEAR]), tmp_path)
-    plan_file = tmp_path / "compression_plan.json"
-    plan = json.loads(plan_file.read_text())
-    plan["plans"][0]["modules"][0]["spec"]["rank"] = 3
-    plan_file.write_text(json.dumps(plan))
+    config_file = tmp_path / "config.json"
+    config = json.loads(config_file.read_text())
+    config["quantization_config"]["plans"][0]["modules"][0]["spec"]["rank"] = 3
+    config_file.write_text(json.dumps(config))
     weights = (tmp_path / "model.safetensors").read_bytes()
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: the weights do not match"):
+    with pytest.raises(CheckpointError, match=r"the weights do not match the compression plan"):
         compresskit.load(tmp_path, registry=registry)
     assert (tmp_path / "model.safetensors").read_bytes() == weights
 
@@ -99,7 +97,9 @@ def test_missing_keys_are_listed(registry: Registry, tmp_path: Path) -> None:
 
 def test_load_of_a_folder_without_a_plan_is_a_checkpoint_error(tmp_path: Path) -> None:
     tiny_model("bert").save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match=r"compression_plan\.json is missing"):
+    with pytest.raises(
+        CheckpointError, match=r"no compresskit quantization_config.*compression_plan\.json is missing"
+    ):
         compresskit.load(tmp_path)
 
 
@@ -205,3 +205,27 @@ def test_load_accepts_an_auto_class(registry: Registry, tmp_path: Path) -> None:
     loaded = compresskit.load(tmp_path, registry=registry, model_class=transformers.AutoModelForCausalLM)
     assert type(loaded) is type(model)
     assert torch.equal(main_output(loaded, inputs), main_output(model, inputs))
+
+
+def test_commands_refuse_a_folder_without_a_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_model("bert").save_pretrained(tmp_path / "no-tokenizer")
+    argv = [
+        "evaluate",
+        "--model",
+        str(tmp_path / "no-tokenizer"),
+        "--task",
+        "glue",
+        "--task-option",
+        "task=sst2",
+    ]
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert (
+        "has no tokenizer" in error
+        and "tokenizer.save_pretrained(folder)" in error
+        and "--tokenizer" in error
+    )
+    with pytest.raises(compresskit.ConfigError, match="has no tokenizer"):
+        compresskit.evaluate(tmp_path / "no-tokenizer", "glue", task="sst2")

@@ -231,7 +231,8 @@ def test_distill_cli_on_a_saved_student(minilm_path: Path, tmp_path: Path, capsy
     printed = json.loads(capsys.readouterr().out)
     assert printed["result"]["train"]["steps"] == 2
     assert 0.0 <= printed["dev"]["accuracy"] <= 1.0
-    assert (tmp_path / "out" / "model" / "compression_plan.json").is_file()
+    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    assert (tmp_path / "out" / "model" / "tokenizer.json").is_file()  # usable on its own
 
 
 def regressor(seed: int) -> BertForSequenceClassification:

@@ -47,10 +47,11 @@ def test_dense_flops_follow_the_paper_convention() -> None:
     assert dense_model_flops(model, tokens=4) == ((2 * 6 - 1) * 5 + (2 * 5 - 1) * 3) * 4
 
 
-def test_size_on_disk_sums_files_recursively(tmp_path: Path) -> None:
+def test_size_on_disk_sums_weight_files_recursively(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.bin").write_bytes(b"x" * 1_500_000)
-    (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 500_000)
+    (tmp_path / "sub" / "b.safetensors").write_bytes(b"y" * 500_000)
+    (tmp_path / "tokenizer.json").write_bytes(b"z" * 700_000)  # not the model's size
     assert size_on_disk_mb(tmp_path) == pytest.approx(2.0)
     assert size_on_disk_mb(tmp_path / "a.bin") == pytest.approx(1.5)
     with pytest.raises(ConfigError, match="does not exist"):

@@ -104,18 +104,22 @@ def test_types_match_along_the_mro() -> None:
     assert not matches_types(nn.Embedding(3, 2), ["Linear"])
 
 
-def test_heads_are_output_embeddings_and_head_attributes() -> None:
+def test_heads_are_the_output_embeddings_and_everything_outside_the_base_model() -> None:
     class Model(nn.Module):
+        base_model_prefix = "body"
+
         def __init__(self) -> None:
             super().__init__()
-            self.body = nn.Linear(4, 4)
+            self.body = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
             self.decoder = nn.Linear(4, 9)
-            self.classifier = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+            self.scorer = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))  # no conventional head name
 
         def get_output_embeddings(self) -> nn.Module:
-            return self.decoder
+            return self.body[1]
 
-    assert head_names(Model()) == {"decoder", "classifier", "classifier.0", "classifier.1"}
+    assert head_names(Model()) == {"body.1", "decoder", "scorer", "scorer.0", "scorer.1"}
+    Model.base_model_prefix = "missing"  # its own base: only the output embeddings are a head
+    assert head_names(Model()) == {"body.1"}
 
 
 def test_step_expands_preset_groups_before_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
