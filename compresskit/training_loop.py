@@ -124,6 +124,11 @@ class TrainingRun:
         self.progress = Progress()
         self.pending_rng: dict[str, Any] | None = None
         self.last_saved_step: int | None = None
+        # Interrupt safety: the RNG states at the start of the current optimizer step, and whether the
+        # model, optimizer and progress are at a step boundary (no half-accumulated gradients, no
+        # optimizer update under way), i.e. whether a checkpoint written now resumes exactly.
+        self.boundary_rng: dict[str, Any] | None = None
+        self.at_boundary = True
         self.bar: Any = None
         self.throughput = Throughput()
 
@@ -145,8 +150,12 @@ class TrainingRun:
         try:
             resumed_from = self._resume()
             self._open_bar()
-            while self.progress.step < self.total_steps:
-                self._run_epoch()
+            try:
+                while self.progress.step < self.total_steps:
+                    self._run_epoch()
+            except KeyboardInterrupt:  # Ctrl-C and SIGTERM (errors.Terminated): keep the work done so far
+                self._save_on_interrupt()
+                raise
             self._finish()
             self._track({f"{self.trainer.stage}/{k}": v for k, v in self.throughput.to_dict().items()})
             self._load_best_if_asked()
@@ -240,10 +249,15 @@ class TrainingRun:
 
     def _run_epoch(self) -> None:
         p = self.progress
+        if p.batches_in_epoch == 0:  # an epoch-closing checkpoint holds the RNG before the new iterator
+            self.boundary_rng = ckpt.capture_rng_state()
         started = time.perf_counter()  # loading the batch counts, evaluation and checkpoints do not
         for batch in self._epoch_batches():
             self._restore_pending_rng()  # mid-epoch resume: just before the first resumed batch is used
+            if self.at_boundary and p.batches_in_epoch > 0:
+                self.boundary_rng = ckpt.capture_rng_state()
             stepped = self._guarded_micro_step(batch)
+            self.at_boundary = stepped
             self.throughput.add(batch, time.perf_counter() - started)
             p.batches_in_epoch += 1
             if stepped:
@@ -272,6 +286,7 @@ class TrainingRun:
             values = self._check_terms(terms)
             self.acc.backward(terms["loss"])
             if self.acc.sync_gradients:
+                self.at_boundary = False  # parameters and optimizer state change from here on
                 self._clip_gradients()
             self.optimizer.step()
             if self.acc.sync_gradients and not self.acc.optimizer_step_was_skipped:
@@ -448,6 +463,30 @@ class TrainingRun:
             ckpt.prune(self.root, self.config.keep_checkpoints, protect)
         self.last_saved_step = self.progress.step
         self.acc.wait_for_everyone()
+
+    def _save_on_interrupt(self) -> None:
+        """Checkpoint the last completed optimizer step when an interrupt arrives between steps.
+
+        Only where the checkpoint resumes exactly: at a step boundary (an interrupt inside an optimizer
+        update or a half-accumulated step writes nothing; the previous checkpoint stays the newest), with
+        the RNG states as they were when that boundary was reached, in a single process (other
+        processes may not reach the same point).
+        """
+        p = self.progress
+        if not self.at_boundary or self.acc.num_processes != 1 or p.step == (self.last_saved_step or 0):
+            return
+        self.optimizer.zero_grad()
+        ckpt.write_checkpoint(
+            self.root,
+            p.step,
+            model=self.acc.unwrap_model(self.model),
+            state=self._state(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            rng=self.boundary_rng or ckpt.capture_rng_state(),
+        )
+        self.last_saved_step = p.step
 
     def _state(self) -> dict[str, Any]:
         return {

@@ -117,6 +117,46 @@ def test_crash_and_resume_in_process_is_exact(
     assert result.steps == reference.steps == 15
 
 
+def _interrupting(at_call: int) -> Any:
+    crash = _crashing(at_call)
+
+    def compute(model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        try:
+            return crash(model, batch)
+        except _Crash:
+            raise KeyboardInterrupt from None  # what Ctrl-C (or SIGTERM, errors.Terminated) raises
+
+    return compute
+
+
+@pytest.mark.parametrize(
+    ("interrupt_call", "checkpoint_every", "resume_step"),
+    [
+        (13, 5, 6),  # between steps 6 and 7: step 6 is saved on the way out
+        (14, 5, 5),  # half-way through an accumulated step: nothing saved, the step-5 checkpoint stays
+        (11, 4, 5),  # right after step 5 closed epoch 0: an epoch-closing checkpoint
+        (23, 4, 11),  # mid-epoch 2
+    ],
+)
+def test_an_interrupt_saves_the_last_completed_step_and_resumes_exactly(
+    tmp_path: Path, interrupt_call: int, checkpoint_every: int, resume_step: int
+) -> None:
+    settings = {"checkpoint_every": checkpoint_every, "cpu": True}
+    trainer, model = build_run(tmp_path / "a", **settings)
+    reference = trainer.train()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    interrupted, _ = build_run(tmp_path / "b", compute=_interrupting(interrupt_call), **settings)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    trainer, model = build_run(tmp_path / "b", **settings)
+    result = trainer.train()
+
+    assert result.resumed_from_step == resume_step
+    _assert_bitwise_equal(expected, model.state_dict())
+    assert result.losses == reference.losses
+
+
 def _tiny_bert_run(output_dir: Path, compute: Any) -> tuple[Any, Any]:
     from transformers import BertConfig, BertForMaskedLM
 
