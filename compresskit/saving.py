@@ -173,7 +173,7 @@ def load(
             raise
         except Exception as exc:  # safetensors' SafetensorError and friends: a truncated or garbage file
             raise CheckpointError(
-                f"{folder}: the saved weights cannot be read ({type(exc).__name__}: {exc}); the file is "
+                f"{folder / WEIGHTS_FILE} cannot be read ({type(exc).__name__}: {exc}); the file is "
                 "truncated or damaged. Save the model again (or copy the folder again)."
             ) from None
     _check_loading_info(info, folder)

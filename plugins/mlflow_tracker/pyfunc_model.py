@@ -43,7 +43,7 @@ class CompressedTextClassifier(PythonModel):
         else:
             from transformers import AutoModelForSequenceClassification
 
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder)
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=False)
         self.model.eval()
 
     # `model_input` has no annotation on purpose: MLflow would otherwise derive a schema from the type
