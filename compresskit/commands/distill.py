@@ -68,10 +68,13 @@ class DistillCommand(Command):
         )
 
     def run(self, args: argparse.Namespace, context: CommandContext) -> int:
+        from compresskit.run_lock import RunLock
         from compresskit.seeding import seeded
+        from compresskit.signals import terminate_as_interrupt
 
-        with seeded(args.seed):  # learned projections and loaders are built before training seeds itself
-            result = distill_saved(args, context)
+        # one process per output folder; SIGTERM checkpoints and exits like Ctrl-C
+        with terminate_as_interrupt(), RunLock(args.output), seeded(args.seed):
+            result = distill_saved(args, context)  # projections and loaders are built before training seeds
         print(json.dumps(result, indent=2, default=str))
         return 0
 

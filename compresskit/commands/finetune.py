@@ -96,9 +96,12 @@ def finetune(
     deleted once the model is saved, unless ``keep_checkpoints``. Everything random (the new task head,
     dropout, the data order) derives from ``config.seed``: the same arguments give the same model.
     """
+    from compresskit.run_lock import RunLock
     from compresskit.seeding import seeded
+    from compresskit.signals import terminate_as_interrupt
 
-    with seeded(config.seed):
+    # one process per output folder; SIGTERM checkpoints and exits like Ctrl-C
+    with terminate_as_interrupt(), RunLock(output_dir), seeded(config.seed):
         return _finetune(
             model_path, task, output_dir, config, max_length=max_length, eval_split=eval_split,
             eval_limit=eval_limit, tracker=tracker, keep_checkpoints=keep_checkpoints,

@@ -407,6 +407,22 @@ def test_run_folder_in_use(
     assert not (world.out / "teacher").exists()
 
 
+@pytest.mark.parametrize("command", ["finetune", "distill"])
+def test_finetune_and_distill_output_folders_are_locked_too(
+    world: World, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from compresskit.run_lock import RunLock
+
+    task = ["--task", "glue", "--task-option", "task=sst2", "--task-option", f'data_dir="{world.data}"']
+    models = {"finetune": ["--model"], "distill": ["--student", str(world.teacher), "--teacher"]}[command]
+    argv = [command, *models, str(world.teacher), *task, "--output", str(world.out)]
+    with RunLock(world.out):
+        code, message = run_cli(world, argv, capsys)
+    assert code == 6, message
+    assert "<tmp>/run is in use by process" in message and "Traceback" not in message
+    assert not (world.out / "model").exists()
+
+
 def test_blocked_component_says_it_is_blocked(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
