@@ -122,7 +122,7 @@ def evaluate(
     positional, so a task option may be called ``task``). A folder is loaded with its own tokenizer;
     a folder without one is refused (:class:`ConfigError`) before the model is loaded.
     """
-    from compresskit.models import load_tokenizer
+    from compresskit.models import check_head_fits, load_tokenizer
 
     registry = registry or Registry.from_plugins()
     task_obj = registry.create("task", task, task_options, where="task.options")
@@ -132,6 +132,7 @@ def evaluate(
         model = _load_any(folder, task_obj)
     if tokenizer is None:
         raise TypeError("evaluate(model, ...) needs tokenizer=... when model is not a saved folder")
+    check_head_fits(model, task_obj, where="model")
     return task_obj.evaluate(
         model, tokenizer, split, batch_size=batch_size, max_length=max_length, limit=limit
     )

@@ -33,12 +33,21 @@ _KEY_PATH = re.compile(r"[^.\[\]=\s]+(\[\d+\]|\.[^.\[\]=\s]+)*")
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; a missing file or a syntax error is a :class:`ConfigError` naming the file."""
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(
+            f"{file} is a folder; give the strategy's .toml file (e.g. configs/demo-minilm-sst2.toml)."
+        )
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist (working directory: {Path.cwd()}).")
     try:
         return tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files are UTF-8. "
+            "Save it as UTF-8."
+        ) from None
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Strategy:

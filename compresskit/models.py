@@ -159,6 +159,23 @@ def _check_finite_tensor(tensor: torch.Tensor, file: Path, key: str, where: str)
     )
 
 
+def check_head_fits(model: Any, task: Any, *, where: str) -> None:
+    """A :class:`ConfigError` when a classification / regression head has another number of outputs
+    than ``task`` needs (a 2-label SST-2 model scored on STS-B would give meaningless numbers)."""
+    config = getattr(model, "config", None)
+    wanted = getattr(task, "num_labels", None)
+    if config is None or wanted is None:
+        return
+    if getattr(task, "problem_type", None) not in ("single_label_classification", "regression"):
+        return
+    has = int(getattr(config, "num_labels", wanted))
+    if has != int(wanted):
+        raise ConfigError(
+            f"{where}: the model's head has {has} output(s) but the task needs {wanted} "
+            f"({task.problem_type}); evaluate a model fine-tuned (or distilled) on this task."
+        )
+
+
 def is_finetuned_for(config: Any, task: Any) -> bool:
     """Whether ``config`` already describes a model with ``task``'s head (so no fine-tuning is needed)."""
     wanted = AUTO_CLASSES.get(task.problem_type, "").removeprefix("AutoModel")

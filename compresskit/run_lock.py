@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from compresskit.errors import RunLockedError
+from compresskit.errors import RunLockedError, UsageError
 
 LOCK_FILE = ".compresskit.lock"
 HOLDER_FILE = ".compresskit.lock.json"
@@ -39,6 +39,8 @@ class RunLock:
         """Take the lock now, or raise :class:`RunLockedError` naming the holder (never waits)."""
         from filelock import FileLock, Timeout
 
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UsageError(f"{self.run_dir} is a file; the output (run folder) must be a folder path.")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
         try:

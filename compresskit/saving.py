@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from compresskit import model_card
-from compresskit.errors import CheckpointError, CompressKitError, DecompositionError
+from compresskit.errors import CheckpointError, CompressKitError, ConfigError, DecompositionError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan
 from compresskit.walker import PLANS_ATTRIBUTE
@@ -68,6 +68,8 @@ def save(
     from compresskit.hf_integration import attach
 
     folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"cannot save to {folder}: it is a file, not a folder; give a folder path.")
     from compresskit.quantize import is_quantized
 
     if is_quantized(model):
@@ -153,6 +155,7 @@ def load(
     """
     from compresskit.hf_integration import using_registry
 
+    _check_dtype(dtype)
     folder = Path(directory)
     config = _compressed_config(folder)
     cls = model_class or _architecture(folder, config)
@@ -178,6 +181,17 @@ def load(
             ) from None
     _check_loading_info(info, folder)
     return model
+
+
+def _check_dtype(dtype: Any) -> None:
+    """``dtype`` must be a torch dtype, ``"auto"`` or the name of a floating torch dtype."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ConfigError(
+            f"load(dtype={dtype!r}): not a torch dtype; use e.g. torch.bfloat16, 'bfloat16', 'float16', "
+            "'float32' or 'auto' (the saved dtype)."
+        )
 
 
 def read_plans(folder: Path) -> tuple[CompressionPlan, ...]:

@@ -328,7 +328,9 @@ class TrainingRun:
 
     def _last_good(self) -> str:
         latest = ckpt.find_latest(self.root)
-        return f"the last good checkpoint, {latest}, is intact" if latest else "no checkpoint was written yet"
+        if latest:
+            return f"the last good checkpoint, {latest}, is intact and a new run resumes from it"
+        return "no checkpoint was written yet, so a new run starts this stage from its beginning"
 
     def _where(self) -> str:
         p = self.progress
@@ -340,7 +342,7 @@ class TrainingRun:
     def _non_finite_error(self, what: str) -> TrainingError:
         return TrainingError(
             f"training stopped: {what} at {self._where()}. Training cannot continue from NaN/Inf; "
-            f"{self._last_good()} and a new run resumes from it. Try a lower learning_rate "
+            f"{self._last_good()}. Try a lower learning_rate "
             f"(now {self.config.learning_rate}), max_grad_norm (now {self.config.max_grad_norm}), "
             "bf16 instead of fp16, or check the inputs and the loss weights."
         )

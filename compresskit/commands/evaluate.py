@@ -65,9 +65,21 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _saved_head(path: Any) -> Any:
+    """A stand-in with the folder's config when it holds a classification head, else ``None``."""
+    from types import SimpleNamespace
+
+    from compresskit.models import load_hf_config
+
+    config = load_hf_config(str(path), where="--model")
+    names = getattr(config, "architectures", None) or []
+    heads = [name for name in names if name.endswith("ForSequenceClassification")]
+    return SimpleNamespace(config=config) if heads else None
+
+
 def evaluate_folder(model: str, task: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Load ``model`` (plain or compressed folder) with ``task``'s head and evaluate it."""
-    from compresskit.models import load_task_model, load_tokenizer, resolve_model_path
+    from compresskit.models import check_head_fits, load_task_model, load_tokenizer, resolve_model_path
     from compresskit.saving import is_compressed_folder, load
 
     path = resolve_model_path(model, where="--model")
@@ -75,7 +87,12 @@ def evaluate_folder(model: str, task: Any, args: argparse.Namespace) -> dict[str
     tokenizer_source = args.tokenizer or path
     tokenizer = load_tokenizer(tokenizer_source, where="--tokenizer" if args.tokenizer else "--model")
 
-    loaded = load(path) if is_compressed_folder(path) else load_task_model(path, task, where="--model")
+    if is_compressed_folder(path):
+        loaded = load(path)
+    else:  # a head of the wrong size would be replaced by a random one: check the saved one first
+        check_head_fits(_saved_head(path), task, where="--model")
+        loaded = load_task_model(path, task, where="--model")
+    check_head_fits(loaded, task, where="--model")
     return dict(
         task.evaluate(loaded, tokenizer, args.split, batch_size=args.batch_size, max_length=args.max_length,
                       limit=args.limit)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from compresskit.commands import Command, CommandContext
+from compresskit.errors import UsageError
 
 
 class RunCommand(Command):
@@ -46,6 +47,8 @@ def run_config(config: Path, args: argparse.Namespace, context: CommandContext) 
     from compresskit.config import load_config
     from compresskit.pipeline import Pipeline
 
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"--output {args.output}: it is a file; give a folder for the run.")
     overrides = list(args.overrides)
     if args.no_tracking:
         overrides.append('tracking.tracker="none"')

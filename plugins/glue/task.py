@@ -158,6 +158,13 @@ class GlueTask(Task):
         """Metrics from logits (N × num_labels), class ids (N) or, for STS-B, scores (N or N × 1)."""
         pred = np.asarray(predictions)
         if self.spec.is_regression:
+            columns = pred.reshape(len(pred), -1).shape[1] if pred.ndim > 1 else 1
+            if columns != 1:
+                raise ConfigError(
+                    f"GLUE {self.spec.name}: the model gives {columns} outputs per "
+                    "example but this is a regression task with one score; evaluate a model with a 1-output "
+                    "regression head (fine-tuned on this task)."
+                )
             pred = pred.reshape(len(pred), -1)[:, 0] if pred.ndim > 1 else pred
         elif pred.ndim == 2:
             if pred.shape[1] != self.num_labels:

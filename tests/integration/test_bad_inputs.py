@@ -499,3 +499,53 @@ def test_catalogue_page_lists_exactly_the_cases_and_the_exit_codes() -> None:
     header = PAGE.read_text(encoding="utf-8").partition(HEADER_END)[0]
     for code, meaning in EXIT_CODES.items():
         assert f"| {code} | {meaning} |" in header
+
+
+# --------------------------------------------------------------------------- inputs found by trying the CLI
+
+
+def test_config_that_is_not_utf8_or_a_folder(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = world.write_config("binary.toml", "")
+    binary.write_bytes(b"\xff\xfe name = 1")
+    code, message = run_cli(world, ["run", str(binary)], capsys)
+    assert code == 3 and "not UTF-8 text" in message and "Traceback" not in message, message
+    code, message = run_cli(world, ["run", str(world.root)], capsys)
+    assert code == 3 and "is a folder; give the strategy's .toml file" in message, message
+
+
+def test_output_that_is_a_file_is_refused_before_any_work(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = world.run()
+    argv[argv.index("--output") + 1] = str(world.config)  # an existing file
+    code, message = run_cli(world, argv, capsys)
+    assert code == 2 and "it is a file; give a folder" in message, message
+    assert not (world.root / "run").exists()
+
+
+def test_save_into_a_file_and_load_with_a_bad_dtype_are_clear_errors(world: World) -> None:
+    from transformers import BertModel
+
+    import compresskit
+
+    model = BertModel.from_pretrained(world.teacher)
+    with pytest.raises(compresskit.CheckpointError, match="it is a file, not a folder"):
+        compresskit.save(model, world.config)
+    folder = compresskit.save(model, world.root / "saved")
+    with pytest.raises(compresskit.ConfigError, match=r"load\(dtype='float17'\): not a torch dtype"):
+        compresskit.load(folder, dtype="float17")
+
+
+def test_evaluate_refuses_a_head_that_does_not_fit_the_task(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    folder = world.root / "sst2-head"
+    BertForSequenceClassification.from_pretrained(world.teacher, num_labels=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(world.teacher).save_pretrained(folder)
+    task = ["--task", "glue", "--task-option", "task=stsb", "--task-option", f'data_dir="{world.data}"']
+    code, message = run_cli(world, ["evaluate", "--model", str(folder), *task], capsys)
+    assert code == 3 and "the model's head has 2 output(s) but the task needs 1 (regression)" in message, (
+        message
+    )

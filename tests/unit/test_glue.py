@@ -242,3 +242,15 @@ def test_real_tokenizer_pairs_and_sst2_dev(data_dir: Path, minilm_path: Path) ->
     batch = next(iter(rte.dataloader("dev", tokenizer, batch_size=4)))
     assert batch["input_ids"].shape[1] == 32  # RTE pairs are long: truncated to max_length
     assert set(batch["token_type_ids"][0].tolist()) == {0, 1}  # a sentence pair
+
+
+def test_regression_metrics_refuse_classification_logits() -> None:
+    import numpy as np
+
+    from compresskit.errors import ConfigError
+
+    stsb = GlueTask({"task": "stsb"})
+    scores = np.array([0.5, 3.0, 4.5])
+    assert stsb.compute_metrics(scores.reshape(-1, 1), scores)["pearson"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="gives 2 outputs per example but this is a regression task"):
+        stsb.compute_metrics(np.stack([scores, -scores], axis=1), scores)
