@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.config_lines import ConfigSource, locate
+from compresskit.distillation import FINETUNED, PRETRAINED, StagePlan
 from compresskit.errors import ConfigError, UsageError
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
+
+#: The teachers a run gives its distillers (the pre-trained and the fine-tuned model).
+RUN_TEACHERS = (PRETRAINED, FINETUNED)
 
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _KEY_PATH = re.compile(r"[^.\[\]=\s]+(\[\d+\]|\.[^.\[\]=\s]+)*")
@@ -154,22 +158,29 @@ def tracker_options(strategy: Strategy, registry: Registry) -> dict[str, Any]:
     return options
 
 
-def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:
-    """Validate nested stage tables (``stage1``/``stage2``): their keys, training fields and loss names."""
+def distiller_stages(distiller: Any, where: str) -> list[StagePlan]:
+    """The distiller's declared stages; a :class:`ConfigError` it raises names ``where`` (the options'
+    config path) instead of the distiller."""
     try:
-        stages = distiller.stages() if hasattr(distiller, "stages") else {"": distiller.options}
+        return list(distiller.stages())
     except ConfigError as exc:  # the distiller names itself; point at the config path instead
         message = str(exc)
         own = f"{distiller.name}."
         raise ConfigError(f"{where}.{message[len(own) :]}" if message.startswith(own) else message) from None
-    for name, stage in stages.items():
-        sub = distiller.stage_path(name) if hasattr(distiller, "stage_path") else name
-        at = f"{where}.{sub}" if sub else where
-        training = getattr(stage, "training", None)
-        if isinstance(training, Mapping):
-            _validate_training(training, f"{at}.training")
-        losses = getattr(stage, "losses", None)
-        if isinstance(losses, Mapping):
+
+
+def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:
+    """Validate each declared stage: its teacher, training fields and loss names."""
+    for plan in distiller_stages(distiller, where):
+        at = plan.where(where)
+        if plan.teacher not in RUN_TEACHERS:
+            raise ConfigError(
+                f"{at}.teacher: {plan.teacher!r} is not a teacher a run provides; use "
+                f"{' or '.join(repr(t) for t in RUN_TEACHERS)}."
+            )
+        _validate_training(plan.options.training, f"{at}.training")
+        losses = plan.options.losses
+        if losses is not None:
             if not losses:
                 raise ConfigError(
                     f"{at}.losses: the table is empty, so this stage would have nothing to minimise. Name at "

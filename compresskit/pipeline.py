@@ -101,6 +101,7 @@ class Pipeline:
         self.on_stage_end = on_stage_end
         self.echo = echo or _print_flushed
         self._tracker = tracker
+        self._skips_finetuning = False  # set from the preflight: no step needs a fine-tuned teacher
 
     def run(self) -> CompressResult:
         """Run every stage not already complete; return the :class:`CompressResult`.
@@ -123,6 +124,7 @@ class Pipeline:
             return self._run_locked(checked, state)
 
     def _run_locked(self, checked: Any, state: RunState) -> CompressResult:
+        self._skips_finetuning = not checked.teacher_is_finetuned and not checked.finetunes_teacher
         self._write_resolved_config()
         complete = self._all_complete(state)  # a folder of another strategy is refused before tracking
         finished = complete and state.data.get(RUN_STATUS) == "FINISHED"
@@ -143,7 +145,7 @@ class Pipeline:
         else:
             self._start_tracking(tracker, state)
         try:
-            summary = self._run_stages(ctx, state, checked.teacher_is_finetuned, log_final=not finished)
+            summary = self._run_stages(ctx, state, checked, log_final=not finished)
         except KeyboardInterrupt:
             self._end(tracker, state, "KILLED", finished)
             raise
@@ -167,11 +169,11 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def _run_stages(
-        self, ctx: stages.RunContext, state: RunState, teacher_is_finetuned: bool, *, log_final: bool = True
+        self, ctx: stages.RunContext, state: RunState, checked: Any, *, log_final: bool = True
     ) -> dict:
         parts = self._stage_parts()
         teacher = self._stage(
-            state, "teacher", parts["teacher"], lambda: self._teacher(ctx, teacher_is_finetuned)
+            state, "teacher", parts["teacher"], lambda: self._teacher(ctx, checked.finetunes_teacher)
         )
         teacher_dir = teacher["path"]
         current: str | None = None
@@ -249,11 +251,13 @@ class Pipeline:
         started[key] = fingerprint
         state.set(STARTED, started)
 
-    def _teacher(self, ctx: stages.RunContext, already_finetuned: bool) -> dict[str, Any]:
+    def _teacher(self, ctx: stages.RunContext, finetunes: bool) -> dict[str, Any]:
         given = self.strategy.model.finetuned_teacher
         if given is not None:  # "default" and "~" resolved as the preflight resolved them
             return {"path": resolve_model_path(given, "model.finetuned_teacher"), "finetuned_here": False}
-        if already_finetuned:
+        if not finetunes:  # already fine-tuned, or no stage and no student uses a fine-tuned teacher
+            if self._skips_finetuning:
+                self.echo("[compresskit] teacher: no step learns from a fine-tuned teacher; not fine-tuned")
             return {"path": ctx.pretrained_path, "finetuned_here": False}
         return stages.finetune_teacher(ctx, self.run_dir / "teacher")
 
@@ -354,7 +358,10 @@ class Pipeline:
 
     def _parts(self, steps: int) -> dict[str, Any]:
         data = self.strategy.to_dict()
-        return {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+        parts = {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+        if self._skips_finetuning:  # only then, so the fingerprints of runs that fine-tune are unchanged
+            parts["teacher_finetuned"] = False
+        return parts
 
 
 def _empty_run_dir(run_dir: Path) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from compresskit.config import validate_components
 from compresskit.config_lines import locate
+from compresskit.distillation import FINETUNED
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.models import (
     auto_class,
@@ -38,7 +39,7 @@ from compresskit.models import (
 from compresskit.preflight_data import check_data
 from compresskit.preflight_plan import dry_run_steps
 from compresskit.registry import Registry
-from compresskit.strategy import Strategy
+from compresskit.strategy import DistillStep, Strategy
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Checked:
     pretrained_path: str
     teacher_is_finetuned: bool
     plans: tuple[Any, ...] = ()
+    #: Whether the run fine-tunes the teacher: it is not fine-tuned yet and a stage or the student uses it.
+    finetunes_teacher: bool = True
 
 
 def preflight(strategy: Strategy, registry: Registry) -> Checked:
@@ -97,9 +100,23 @@ def _preflight(strategy: Strategy, registry: Registry) -> Checked:
     tokenizer = load_tokenizer(
         tokenizer_source, "model.tokenizer" if strategy.model.tokenizer else "model.teacher"
     )
-    check_data(strategy, registry, task, needs_train=not teacher_is_finetuned)
+    finetunes = not teacher_is_finetuned and needs_finetuned_teacher(strategy, registry)
+    check_data(strategy, registry, task, needs_train=finetunes)
     plans = dry_run_steps(strategy, registry, meta_model(config, task))
-    return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans)
+    return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans, finetunes)
+
+
+def needs_finetuned_teacher(strategy: Strategy, registry: Registry) -> bool:
+    """Whether anything of the run uses the fine-tuned teacher: a student initialised from it, or a
+    distill stage that learns from it (general KD learns from the pre-trained one only)."""
+    if strategy.model.student_init == "finetuned" or strategy.model.student is not None:
+        return True
+    for step in strategy.steps:
+        if isinstance(step, DistillStep):
+            distiller = registry.create("distiller", step.distiller, step.options)
+            if any(plan.teacher == FINETUNED for plan in distiller.stages()):
+                return True
+    return False
 
 
 def check_student_folder(folder: str) -> None:

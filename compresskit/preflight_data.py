@@ -42,11 +42,9 @@ def reads(
 def _distill_reads(
     step: DistillStep, index: int, registry: Registry, task: Any
 ) -> Iterator[tuple[Any, str, str]]:
-    from compresskit.stages import data_batch_sizes
-
     where = f"steps[{index}]"
     distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
-    for name in data_batch_sizes(distiller):
+    for name in dict.fromkeys(plan.data for plan in distiller.stages()):
         spec = step.data.get(name)
         if spec is None:
             yield task, "train", f"{where}.data.{name}"

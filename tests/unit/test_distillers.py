@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from compresskit_plugins.distillers.common import split_batch
 from compresskit_plugins.distillers.data import PairedCollator
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from compresskit.distillation import LayerMapping
 from compresskit.errors import CheckpointError, ConfigError, TrainingError
+from compresskit.kd_engine import split_batch
 from compresskit.registry import Registry
 
 TRAIN = {

@@ -1,4 +1,7 @@
-"""Pieces shared by the built-in distillers: batch format, student wrapper, losses, ``compute_loss``.
+"""The knowledge-distillation engine: batch format, student wrapper, loss plan, teacher cache and
+``compute_loss``.
+
+Any distiller can use it (the built-in ones do); :mod:`compresskit.kd_stage` runs one stage on it.
 
 Batch format: a plain batch (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``) is fed to
 both models. When teacher and student use different tokenizers the batch carries ``student_inputs`` and
