@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from compresskit.distillation import FINETUNED, PRETRAINED
 from compresskit.pipeline import CompressResult, Pipeline
 from compresskit.registry import Registry
 from compresskit.strategy import Strategy
@@ -86,8 +87,8 @@ def distill(
     registry = registry or Registry.from_plugins()
     component = registry.create("distiller", distiller, options or {}, where="distill.options")
     teachers = {
-        "finetuned": teacher,
-        "pretrained": pretrained_teacher if pretrained_teacher is not None else teacher,
+        FINETUNED: teacher,
+        PRETRAINED: pretrained_teacher if pretrained_teacher is not None else teacher,
     }
     with seeded(seed):
         return dict(

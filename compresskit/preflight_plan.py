@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from compresskit.config import step_as_mapping
+from compresskit.distillation import FINETUNED, PRETRAINED
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan
@@ -40,7 +41,7 @@ def dry_run_steps(strategy: Strategy, registry: Registry, dense: nn.Module) -> t
     from compresskit.walker import build_replacements, plan_compression, swap_modules
 
     student = copy.deepcopy(dense)
-    teachers = {"pretrained": dense, "finetuned": dense}
+    teachers = {PRETRAINED: dense, FINETUNED: dense}
     plans = []
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
