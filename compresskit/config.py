@@ -125,24 +125,32 @@ def format_path(path: Sequence[str | int]) -> str:
     return text
 
 
-def validate_components(strategy: Strategy, registry: Registry | None = None) -> None:
-    """Instantiate every component the strategy names, so bad names or options fail up front."""
+def validate_components(strategy: Strategy, registry: Registry | None = None) -> dict[int, Any]:
+    """Instantiate every component the strategy names, so bad names or options fail up front.
+
+    Returns each step resolved (step index → the :class:`~compresskit.targets.Group` tuple of a
+    decompose step, presets expanded, or the :class:`~compresskit.Distiller` of a distill step), made
+    here once for the preflight's dry run and the run itself.
+    """
     registry = registry or Registry.from_plugins()
     registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     if strategy.tracking.tracker != "none":
         options = tracker_options(strategy, registry)
         registry.create("tracker", strategy.tracking.tracker, options, where="tracking.options")
     _validate_training(strategy.finetune.training, "finetune.training")
+    resolved: dict[int, Any] = {}
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
             distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
             _validate_distiller_stages(distiller, registry, f"{where}.options")
+            resolved[index] = distiller
             for name, data in step.data.items():
                 if data.task is not None:
                     registry.create("task", data.task, data.options, where=f"{where}.data.{name}.options")
         elif isinstance(step, DecomposeStep):
-            _validate_decompose(step, registry, where)
+            resolved[index] = _validate_decompose(step, registry, where)
+    return resolved
 
 
 def tracker_options(strategy: Strategy, registry: Registry) -> dict[str, Any]:
@@ -201,17 +209,19 @@ def _validate_training(values: Mapping[str, Any], where: str) -> None:
     parse_options(TrainingConfig, dict(values), where)
 
 
-def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> None:
-    """Parse the step's groups with the walker's own rules, then validate every options table."""
+def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> tuple[Any, ...]:
+    """Parse the step's groups with the walker's own rules, validate every options table, return them."""
     from compresskit.targets import parse_step
 
-    for group in parse_step(step_as_mapping(step), where, registry=registry):
+    groups = parse_step(step_as_mapping(step), where, registry=registry)
+    for group in groups:
         registry.get("decomposition", group.decomposition, where=f"{group.where}.decomposition")
         registry.create("decomposition", group.decomposition, group.options, where=f"{group.where}.options")
         for number, override in enumerate(group.overrides):
             merged = {**group.options, **override.options}
             at = f"{group.where}.overrides[{number}].options"
             registry.create("decomposition", group.decomposition, merged, where=at)
+    return groups
 
 
 def step_as_mapping(step: DecomposeStep) -> dict[str, Any]:

@@ -54,7 +54,8 @@ STARTED = "started"
 
 @dataclass(frozen=True)
 class CompressResult:
-    """What a run produced: the run directory, the final student, and the summary numbers."""
+    """What a run produced: the run directory, the final student's folder, the summary numbers, the
+    tracked run's id and — from :func:`compresskit.compress` — the final student itself."""
 
     run_dir: Path
     model_dir: Path
@@ -91,7 +92,12 @@ class Pipeline:
         progress: bool = True,
         on_stage_end: Callable[[str], None] | None = None,
         echo: Callable[[str], None] | None = None,
+        keep: tuple[str, ...] = (),
+        return_student: bool = False,
     ) -> None:
+        """``keep``: names in the run folder that ``restart`` leaves in place (e.g. the input model
+        ``compress()`` saved there); ``return_student``: set :attr:`CompressResult.student` (the final
+        student in memory, read from ``<run>/model`` only when this call trained nothing)."""
         self.strategy = strategy
         self.registry = registry or Registry.from_plugins()
         self.run_dir = Path(output_dir or strategy.output_dir or Path("runs") / strategy.name)
@@ -102,6 +108,9 @@ class Pipeline:
         self.echo = echo or _print_flushed
         self._tracker = tracker
         self._skips_finetuning = False  # set from the preflight: no step needs a fine-tuned teacher
+        self.keep = keep
+        self.return_student = return_student
+        self._student: tuple[str, torch.nn.Module] | None = None  # (saved folder, the model in memory)
 
     def run(self) -> CompressResult:
         """Run every stage not already complete; return the :class:`CompressResult`.
@@ -119,7 +128,7 @@ class Pipeline:
         checked = preflight(self.strategy, self.registry)
         with terminate_as_interrupt(), RunLock(self.run_dir):
             if self.restart:
-                _empty_run_dir(self.run_dir)
+                _empty_run_dir(self.run_dir, keep=self.keep)
             state = RunState(self.run_dir)
             return self._run_locked(checked, state)
 
@@ -139,6 +148,7 @@ class Pipeline:
             pretrained_path=checked.pretrained_path,
             device=self.device,
             progress=self.progress,
+            steps=checked.steps,
         )
         if finished:
             self.echo(f"[compresskit] every stage is already complete in {self.run_dir}; nothing to track")
@@ -153,9 +163,15 @@ class Pipeline:
             self._end(tracker, state, "FAILED", finished)
             raise
         self._end(tracker, state, "FINISHED", finished)
-        return CompressResult(
-            self.run_dir, self.run_dir / stages.MODEL_DIR, summary, state.data.get("run_id")
-        )
+        model_dir = self.run_dir / stages.MODEL_DIR
+        student = self._final_student(model_dir) if self.return_student else None
+        return CompressResult(self.run_dir, model_dir, summary, state.data.get("run_id"), student)
+
+    def _final_student(self, model_dir: Path) -> torch.nn.Module:
+        """The student this call trained (still in memory), else the one saved in ``model_dir``."""
+        if self._student is not None:
+            return self._student[1]
+        return stages.load_student(model_dir)
 
     def _end(self, tracker: Tracker, state: RunState, status: str, finished_before: bool) -> None:
         """Close the tracked run with ``status`` and record it (a finished folder re-run changes nothing)."""
@@ -273,8 +289,11 @@ class Pipeline:
         def run() -> dict[str, Any]:
             student = stages.load_student(current) if current else stages.initial_student(ctx, teacher_dir)
             if isinstance(step, DecomposeStep):
-                return stages.decompose_step(ctx, index, step, student, out)
-            return stages.distill_step(ctx, index, step, student, teacher_dir, out)
+                result = stages.decompose_step(ctx, index, step, student, out)
+            else:
+                result = stages.distill_step(ctx, index, step, student, teacher_dir, out)
+            self._student = (result["path"], student)
+            return result
 
         return run
 
@@ -364,10 +383,11 @@ class Pipeline:
         return parts
 
 
-def _empty_run_dir(run_dir: Path) -> None:
-    """``--restart``: delete everything in the run folder but its lock (held by this process)."""
+def _empty_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """``--restart``: delete everything in the run folder but its lock (held by this process) and
+    ``keep``."""
     for entry in run_dir.iterdir():
-        if entry.name in LOCK_FILES:
+        if entry.name in LOCK_FILES or entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -35,8 +35,17 @@ from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 MAX_REASONS = 4
 
 
-def dry_run_steps(strategy: Strategy, registry: Registry, dense: nn.Module) -> tuple[CompressionPlan, ...]:
-    """Plan every decompose step and check every distill step on a copy of ``dense`` (a meta model)."""
+def dry_run_steps(
+    strategy: Strategy,
+    registry: Registry,
+    dense: nn.Module,
+    resolved: Mapping[int, Any] | None = None,
+) -> tuple[CompressionPlan, ...]:
+    """Plan every decompose step and check every distill step on a copy of ``dense`` (a meta model).
+
+    ``resolved`` holds steps already resolved (index → a decompose step's groups, a distill step's
+    Distiller; :func:`~compresskit.config.validate_components`); the others are resolved here."""
+    resolved = resolved or {}
     from compresskit.targets import parse_step
     from compresskit.walker import build_replacements, plan_compression, swap_modules
 
@@ -46,11 +55,11 @@ def dry_run_steps(strategy: Strategy, registry: Registry, dense: nn.Module) -> t
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
-            check_distiller(step, registry, student, teachers, where)
+            check_distiller(step, registry, student, teachers, where, resolved.get(index))
             continue
         if not isinstance(step, DecomposeStep):
             continue
-        groups = parse_step(step_as_mapping(step), where, registry=registry)
+        groups = resolved.get(index) or parse_step(step_as_mapping(step), where, registry=registry)
         try:
             plan = plan_compression(student, groups, registry=registry)
         except CompressKitError as exc:
@@ -104,10 +113,16 @@ def _reasons(plan: CompressionPlan, paths: Mapping[str, str]) -> str:
 
 
 def check_distiller(
-    step: DistillStep, registry: Registry, student: nn.Module, teachers: Mapping[str, nn.Module], where: str
+    step: DistillStep,
+    registry: Registry,
+    student: nn.Module,
+    teachers: Mapping[str, nn.Module],
+    where: str,
+    distiller: Any = None,
 ) -> None:
     """Let the step's distiller check the planned student (on copies: nothing of the run is touched)."""
-    distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
+    if distiller is None:
+        distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
     check = getattr(distiller, "check_student", None)
     if not callable(check):
         return

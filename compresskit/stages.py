@@ -46,6 +46,9 @@ class RunContext:
     device: str = "auto"
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Each step resolved once by the preflight (index → a decompose step's groups, a distill step's
+    #: Distiller); a step missing here is resolved from the strategy.
+    steps: Mapping[int, Any] = field(default_factory=dict)
 
     @property
     def torch_device(self) -> torch.device:
@@ -137,7 +140,8 @@ def decompose_step(
     """Apply one decompose step through the walker; save the student and the report."""
     from compresskit.walker import decompose
 
-    report = decompose(student, step_as_mapping(step), registry=ctx.registry)
+    groups = ctx.steps.get(index) or step_as_mapping(step)
+    report = decompose(student, groups, registry=ctx.registry)
     report_data = report.to_dict() if hasattr(report, "to_dict") else {}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
@@ -154,7 +158,9 @@ def distill_step(
 ) -> dict[str, Any]:
     """Train the student with the step's distiller, against the teachers and on the data its stages name."""
     where = f"steps[{index}].options"
-    distiller = ctx.registry.create("distiller", step.distiller, step.options, where=where)
+    distiller = ctx.steps.get(index) or ctx.registry.create(
+        "distiller", step.distiller, step.options, where=where
+    )
     plans = distiller.stages(problem_type_of(student))
     sources = {PRETRAINED: (ctx.pretrained_path, "model.teacher"), FINETUNED: (teacher_dir, FINETUNED_KEY)}
     teachers = {  # only the teachers the stages learn from

@@ -14,7 +14,7 @@ from torch import nn
 
 import compresskit
 from compresskit import Registry, StageOptions, StagePlan
-from compresskit.kd_stage import check_stage, run_stage, with_default_losses
+from compresskit.plugin import check_stage, run_stage, with_default_losses
 
 
 class SingleStageDistiller(compresskit.Distiller):

@@ -24,7 +24,7 @@ from torch import nn
 
 import compresskit
 from compresskit import FINETUNED, PRETRAINED, ConfigError, Registry, StageOptions, StagePlan
-from compresskit.kd_stage import check_stage, parse_stage, pick, run_stage, with_default_losses
+from compresskit.plugin import check_stage, parse_stage, pick, run_stage, with_default_losses
 
 INTERMEDIATE = {"embedding_mse": 1.0, "attention_score_mse": 1.0, "hidden_mse": 1.0}
 

@@ -316,3 +316,27 @@ def test_no_teacher_finetuning_when_no_stage_learns_from_the_finetuned_teacher(
     Pipeline(again, output_dir=tmp_path / "run2", progress=False, echo=messages.append).run()
     state = json.loads((tmp_path / "run2" / "state.json").read_text())
     assert state["stages"]["teacher"]["result"]["finetuned_here"] is True
+
+
+def test_compress_of_a_model_object_with_restart_keeps_its_teacher_and_returns_the_student(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """``compress(model, ..., restart=True)`` saves the model into the run folder, which ``restart`` then
+    empties: the saved teacher must survive, and the result carries the final student."""
+    from transformers import AutoModelForSequenceClassification
+
+    import compresskit
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher, num_labels=2)
+    strategy = tiny_strategy(tiny_teacher, data_dir, tracking={"tracker": "none"})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stale.txt").write_text("from an earlier run")
+    result = compresskit.compress(model, strategy, output_dir=tmp_path / "run", restart=True, progress=False)
+
+    assert not (tmp_path / "run" / "stale.txt").exists()  # restart did empty the folder
+    assert (tmp_path / "run" / "input_model" / "config.json").is_file()
+    assert isinstance(result.student, torch.nn.Module)
+    saved = compresskit.load(result.model_dir).state_dict()
+    student = result.student.state_dict()
+    assert sorted(saved) == sorted(student)
+    assert all(torch.equal(saved[name], student[name]) for name in saved)
