@@ -18,6 +18,8 @@ run resumes at the next stage, and inside a training stage from the Trainer's la
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from compresskit import stages
+from compresskit.distributed import is_main_process, wait_for_everyone
 from compresskit.errors import CompressKitError, ConfigError, TrainingError
 from compresskit.models import resolve_model_path
 from compresskit.registry import Registry
@@ -105,7 +108,8 @@ class Pipeline:
         self.device = device or strategy.device
         self.progress = progress
         self.on_stage_end = on_stage_end
-        self.echo = echo or _print_flushed
+        self.main = is_main_process()
+        self.echo = (echo or _print_flushed) if self.main else _silent  # messages printed once
         self._tracker = tracker
         self._skips_finetuning = False  # set from the preflight: no step needs a fine-tuned teacher
         self.keep = keep
@@ -126,18 +130,22 @@ class Pipeline:
                 f"(torch {torch.__version__}); use --device cpu, or run on a machine with a GPU."
             )
         checked = preflight(self.strategy, self.registry)
-        with terminate_as_interrupt(), RunLock(self.run_dir):
-            if self.restart:
+        lock = RunLock(self.run_dir) if self.main else contextlib.nullcontext()
+        with terminate_as_interrupt(), lock:
+            if self.restart and self.main:
                 _empty_run_dir(self.run_dir, keep=self.keep)
-            state = RunState(self.run_dir)
+            if self.main:
+                self._write_resolved_config()
+            wait_for_everyone()  # the other processes read the folder as the main process left it
+            state = RunState(self.run_dir, write=self.main)
             return self._run_locked(checked, state)
 
     def _run_locked(self, checked: Any, state: RunState) -> CompressResult:
         self._skips_finetuning = not checked.teacher_is_finetuned and not checked.finetunes_teacher
-        self._write_resolved_config()
         complete = self._all_complete(state)  # a folder of another strategy is refused before tracking
         finished = complete and state.data.get(RUN_STATUS) == "FINISHED"
-        tracker: Tracker = NullTracker() if finished else (self._tracker or self._make_tracker())
+        quiet = finished or not self.main  # one tracked run, opened by the main process
+        tracker: Tracker = NullTracker() if quiet else (self._tracker or self._make_tracker())
         ctx = stages.RunContext(
             strategy=self.strategy,
             registry=self.registry,
@@ -147,22 +155,23 @@ class Pipeline:
             tracker=tracker,
             pretrained_path=checked.pretrained_path,
             device=self.device,
-            progress=self.progress,
+            progress=self.progress and self.main,
             steps=checked.steps,
+            is_main=self.main,
         )
         if finished:
             self.echo(f"[compresskit] every stage is already complete in {self.run_dir}; nothing to track")
-        else:
+        elif self.main:
             self._start_tracking(tracker, state)
         try:
-            summary = self._run_stages(ctx, state, checked, log_final=not finished)
+            summary = self._run_stages(ctx, state, checked, log_final=not quiet)
         except KeyboardInterrupt:
-            self._end(tracker, state, "KILLED", finished)
+            self._end(tracker, state, "KILLED", quiet)
             raise
         except BaseException:
-            self._end(tracker, state, "FAILED", finished)
+            self._end(tracker, state, "FAILED", quiet)
             raise
-        self._end(tracker, state, "FINISHED", finished)
+        self._end(tracker, state, "FINISHED", quiet)
         model_dir = self.run_dir / stages.MODEL_DIR
         student = self._final_student(model_dir) if self.return_student else None
         return CompressResult(self.run_dir, model_dir, summary, state.data.get("run_id"), student)
@@ -198,16 +207,23 @@ class Pipeline:
             out = self.run_dir / "steps" / f"{index:02d}-{step.kind}"
             runner = self._step_runner(ctx, index, step, current, teacher_dir, out)
             current = self._stage(state, key, parts[key], runner)["path"]
-        evaluation = self._stage(
-            state, "evaluate", parts["evaluate"], lambda: self._evaluate(ctx, teacher_dir, current)
+        if not self.main:  # evaluation, the final save, measurements, the summary: the main process's
+            wait_for_everyone()
+            return dict(json.loads((self.run_dir / "summary.json").read_text()))
+        evaluate = lambda: self._evaluate(ctx, teacher_dir, current)  # noqa: E731
+        evaluation = self._stage(state, "evaluate", parts["evaluate"], evaluate, alone=True)
+        saved = self._stage(
+            state, "save", parts["save"], lambda: self._save(ctx, teacher_dir, current), alone=True
         )
-        saved = self._stage(state, "save", parts["save"], lambda: self._save(ctx, teacher_dir, current))
-        measured = self._stage(state, "measure", parts["measure"], lambda: self._measure(ctx, saved))
+        measured = self._stage(
+            state, "measure", parts["measure"], lambda: self._measure(ctx, saved), alone=True
+        )
         summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
         write_json_atomic(self.run_dir / "summary.json", summary)
         write_run_card(Path(summary["model_dir"]), summary, self.strategy)
         if log_final:
             self._log_final(ctx, summary)
+        wait_for_everyone()  # the other processes read the summary
         return summary
 
     def _stage_parts(self) -> dict[str, dict[str, Any]]:
@@ -224,13 +240,28 @@ class Pipeline:
     def _all_complete(self, state: RunState) -> bool:
         return all(state.result(key, _hash(p)) is not None for key, p in self._stage_parts().items())
 
-    def _stage(self, state: RunState, key: str, parts: Mapping[str, Any], run: Callable[[], dict]) -> dict:
+    def _stage(
+        self,
+        state: RunState,
+        key: str,
+        parts: Mapping[str, Any],
+        run: Callable[[], dict],
+        *,
+        alone: bool = False,
+    ) -> dict:
+        """Run stage ``key`` unless complete with the same settings; record its result.
+
+        Every process runs a stage (and they wait for one another around it) unless ``alone``: then only
+        the main process runs it and nobody waits."""
+        together = wait_for_everyone if not alone else _silent_wait
         fingerprint = _hash(parts)
         done = state.result(key, fingerprint)
         if done is not None:
             self.echo(f"[compresskit] {key}: already complete in {self.run_dir}, skipped")
             return done
-        self._prepare_stage(state, key, fingerprint)
+        if self.main:
+            self._prepare_stage(state, key, fingerprint)
+        together()  # stale work is set aside before any process starts the stage
         self.echo(f"[compresskit] {key}: running")
         start = time.perf_counter()
         try:
@@ -247,8 +278,12 @@ class Pipeline:
             intact = "the stages completed before are intact and a rerun resumes after them"
             raise storage_failure(exc, f"the output of stage {key} in {self.run_dir}", intact) from exc
         seconds = time.perf_counter() - start
+        together()  # what the main process saved is complete before anyone reads it
         state.complete(key, fingerprint, result, seconds)
-        stages.drop_checkpoints(result.get("work"))  # the stage is recorded: resuming no longer needs them
+        if self.main:
+            stages.drop_checkpoints(
+                result.get("work")
+            )  # the stage is recorded: resuming no longer needs them
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
         if self.on_stage_end is not None:
             self.on_stage_end(key)
@@ -416,13 +451,20 @@ def input_example(ctx: stages.RunContext, rows: int = 2) -> list[dict[str, str]]
     ]
 
 
+def _silent(message: str) -> None:
+    """The echo of processes other than the main one."""
+
+
+def _silent_wait() -> None:
+    """No waiting: a stage only the main process runs."""
+
+
 def _print_flushed(message: str) -> None:
     print(message, flush=True)
 
 
 def _hash(parts: Mapping[str, Any]) -> str:
     import hashlib
-    import json
 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -49,6 +49,8 @@ class RunContext:
     #: Each step resolved once by the preflight (index → a decompose step's groups, a distill step's
     #: Distiller); a step missing here is resolved from the strategy.
     steps: Mapping[int, Any] = field(default_factory=dict)
+    #: Whether this process writes the run's files (see :mod:`compresskit.distributed`).
+    is_main: bool = True
 
     @property
     def torch_device(self) -> torch.device:
@@ -99,8 +101,9 @@ def finetune_teacher(ctx: RunContext, out: Path) -> dict[str, Any]:
         stage="finetune",
         fingerprint={"stage": "finetune", "strategy": ctx.strategy.fingerprint("model", "task", "finetune")},
     ).train()
-    model.save_pretrained(out / MODEL_DIR)
-    ctx.tokenizer.save_pretrained(out / MODEL_DIR)  # a folder usable on its own (evaluate, pipeline)
+    if ctx.is_main:
+        model.save_pretrained(out / MODEL_DIR)
+        ctx.tokenizer.save_pretrained(out / MODEL_DIR)  # a folder usable on its own (evaluate, pipeline)
     return {
         "path": str(out / MODEL_DIR),
         "finetuned_here": True,
@@ -143,12 +146,13 @@ def decompose_step(
     groups = ctx.steps.get(index) or step_as_mapping(step)
     report = decompose(student, groups, registry=ctx.registry)
     report_data = report.to_dict() if hasattr(report, "to_dict") else {}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
-    if hasattr(report, "format"):
-        (out / "report.txt").write_text(report.format())
-    save_student(student, out / MODEL_DIR, ctx.tokenizer)
-    ctx.tracker.log_artifact(out / "report.json", f"steps/{index:02d}-decompose")
+    if ctx.is_main:  # every process decomposes its own copy of the student; one writes
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
+        if hasattr(report, "format"):
+            (out / "report.txt").write_text(report.format())
+        save_student(student, out / MODEL_DIR, ctx.tokenizer)
+        ctx.tracker.log_artifact(out / "report.json", f"steps/{index:02d}-decompose")
     totals = report_data.get("totals", {})
     return {"path": str(out / MODEL_DIR), "report": str(out / "report.json"), "totals": totals}
 
@@ -182,7 +186,8 @@ def distill_step(
         registry=ctx.registry,
         defaults=ctx.training_defaults,
     )
-    save_student(student, out / MODEL_DIR, ctx.tokenizer)
+    if ctx.is_main:
+        save_student(student, out / MODEL_DIR, ctx.tokenizer)
     return {
         "path": str(out / MODEL_DIR),
         "distiller": step.distiller,

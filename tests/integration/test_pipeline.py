@@ -281,7 +281,7 @@ def test_finetuned_teacher_default_is_resolved_like_the_preflight(tiny_teacher: 
     strategy = tiny_strategy(
         tiny_teacher, data_dir, model={"teacher": "default", "finetuned_teacher": "default"}
     )
-    teacher = Pipeline(strategy)._teacher(None, already_finetuned=False)  # type: ignore[arg-type]
+    teacher = Pipeline(strategy)._teacher(None, finetunes=True)  # type: ignore[arg-type]
     assert teacher == {"path": str(default_teacher_path()), "finetuned_here": False}
 
 
