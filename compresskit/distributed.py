@@ -27,6 +27,32 @@ def is_main_process() -> bool:
     return world_size() == 1 or int(os.environ.get("RANK", "0") or 0) == 0
 
 
+#: accelerate's launcher variables of the sharded back-ends, and their names.
+_SHARDED = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_supported_launch() -> None:
+    """Raise :class:`UsageError` when launched with FSDP or DeepSpeed (see the README, "Several GPUs").
+
+    The walker replaces modules of a whole model held by each process, compressed modules read their
+    own parameters outside ``forward`` (``dense_weight()``, the measured-dispatch weight cache), and the
+    pipeline saves the student from the process's own copy: with parameters sharded across processes
+    each of these would see a shard. Plain data parallelism (``--multi_gpu``) keeps a full copy per
+    process and works.
+    """
+    used = [name for variable, name in _SHARDED.items() if os.environ.get(variable, "").lower() == "true"]
+    if used:
+        from compresskit.errors import UsageError
+
+        raise UsageError(
+            f"this run was launched with accelerate's {used[0]} (sharded parameters), which compresskit does "
+            "not support: decompose steps and compressed modules need each process to hold the whole "
+            "model. Launch with plain data parallelism instead: accelerate launch --multi_gpu "
+            "--num_processes N -m compresskit run CONFIG (or an accelerate config with "
+            "distributed_type: MULTI_GPU)."
+        )
+
+
 @cache
 def _state() -> Any:
     # Imported here: a single-process run (every CLI command) does not pay for accelerate's state.

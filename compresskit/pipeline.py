@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from compresskit import stages
-from compresskit.distributed import is_main_process, wait_for_everyone
+from compresskit.distributed import check_supported_launch, is_main_process, wait_for_everyone
 from compresskit.errors import CompressKitError, ConfigError, TrainingError
 from compresskit.models import resolve_model_path
 from compresskit.registry import Registry
@@ -124,6 +124,7 @@ class Pipeline:
         """
         from compresskit.preflight import preflight
 
+        check_supported_launch()
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "device = 'cuda' (or --device cuda), but torch sees no CUDA device here "
