@@ -281,10 +281,8 @@ class Pipeline:
         seconds = time.perf_counter() - start
         together()  # what the main process saved is complete before anyone reads it
         state.complete(key, fingerprint, result, seconds)
-        if self.main:
-            stages.drop_checkpoints(
-                result.get("work")
-            )  # the stage is recorded: resuming no longer needs them
+        if self.main:  # the stage is recorded: resuming no longer needs its checkpoints
+            stages.drop_checkpoints(result.get("work"))
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
         if self.on_stage_end is not None:
             self.on_stage_end(key)
