@@ -65,17 +65,16 @@ def summarize(
 def student_flops(model_dir: Path, teacher_flops: int | None, tokens: int) -> int | None:
     """Teacher FLOPs minus each replaced module's dense cost plus its compressed cost.
 
-    Read from the student's own ``compression_plan.json``, which lists every plan applied to it — in
-    this run's decompose steps or before it, for a student started from a saved folder (``model.student``).
+    Read from the plans saved with the student (its ``config.json``, or ``compression_plan.json`` of
+    older folders), which list every plan applied to it — in this run's decompose steps or before it,
+    for a student started from a saved folder (``model.student``).
     """
-    from compresskit.saving import PLAN_FILE
+    from compresskit.saving import read_plans
 
     if teacher_flops is None:
         return None
     total = float(teacher_flops)
-    plan_file = model_dir / PLAN_FILE
-    plans = json.loads(plan_file.read_text()).get("plans", []) if plan_file.is_file() else []
-    for plan in plans:
+    for plan in (saved.to_dict() for saved in read_plans(model_dir)):
         scale = tokens / float(plan.get("tokens", tokens) or tokens)
         totals = plan.get("totals", {})
         total += scale * (totals.get("flops_after", 0) - totals.get("flops_before", 0))
