@@ -28,7 +28,7 @@ from torch import nn
 from transformers import AutoModel
 
 from compresskit import Registry, dense_cost
-from compresskit.defaults import default_teacher_path
+from compresskit.plugin import default_teacher_path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "factorised_layers.json"
 MATRICES = {

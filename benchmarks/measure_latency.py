@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def teacher_path(teacher: str) -> str:
     if teacher == "default":
-        from compresskit.defaults import default_teacher_path
+        from compresskit.plugin import default_teacher_path
 
         return str(default_teacher_path())
     return teacher
@@ -58,7 +58,7 @@ def build_variant(args: argparse.Namespace, variant: str, folder: str) -> dict[s
     from transformers import AutoModelForSequenceClassification
 
     import compresskit
-    from compresskit.measure import count_parameters, dense_model_flops
+    from compresskit.plugin import count_parameters, dense_model_flops
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(teacher_path(args.teacher), num_labels=2)

@@ -87,8 +87,7 @@ def run_strategy(config_path: str | Path, overrides: Sequence[str], output_dir: 
 
     Resumes a run already (partly) done in ``output_dir`` with the same config, like ``compresskit run``.
     """
-    from compresskit.config import load_config
-    from compresskit.pipeline import Pipeline
+    from compresskit.plugin import Pipeline, load_config
 
     strategy = load_config(config_path, list(overrides))
     result = Pipeline(strategy, output_dir=output_dir, progress=False).run()
@@ -184,7 +183,7 @@ def cell_record(
 
 def pareto_plots(args: argparse.Namespace) -> dict[str, str]:
     """``compresskit compare`` on each task's experiment: the table on stdout, a Pareto PNG in results/."""
-    from compresskit.cli import main as cli
+    from compresskit.plugin import cli_main as cli
 
     plots = {}
     for task in args.tasks.split(","):
@@ -206,7 +205,7 @@ def pareto_plots(args: argparse.Namespace) -> dict[str, str]:
 
 
 def environment() -> dict[str, Any]:
-    from compresskit.measure import environment_info
+    from compresskit.plugin import environment_info
 
     return {**environment_info(), "load_average": [round(x, 2) for x in os.getloadavg()]}
 

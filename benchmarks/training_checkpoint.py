@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from compresskit import Trainer, TrainingConfig
-from compresskit import checkpoint as ckpt
-from compresskit.defaults import default_teacher_path
+from compresskit.plugin import checkpoint as ckpt
+from compresskit.plugin import default_teacher_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -98,7 +98,7 @@ def run_variant(config: str, overrides: list[str]) -> dict[str, dict[str, float]
 
     strategy = compresskit.Strategy.from_file(config, overrides)
     with tempfile.TemporaryDirectory(prefix="ck-throughput-") as folder:
-        from compresskit.pipeline import Pipeline
+        from compresskit.plugin import Pipeline
 
         Pipeline(strategy, output_dir=Path(folder) / "run", progress=False, echo=lambda _: None).run()
         return stage_throughput(Path(folder) / "run")

@@ -22,11 +22,15 @@ from compresskit.decomposition import (
     linear_shape,
 )
 from compresskit.distillation import (
+    FINETUNED,
+    PRETRAINED,
     DistillationOutputs,
     Distiller,
     LayerMapping,
     Loss,
     LossInputs,
+    StageOptions,
+    StagePlan,
     problem_type_of,
 )
 from compresskit.errors import (
@@ -69,6 +73,8 @@ _hf_hook.install()
 
 __all__ = [
     "DEFAULT_TOKENS",
+    "FINETUNED",
+    "PRETRAINED",
     "CheckpointError",
     "Command",
     "Component",
@@ -99,6 +105,8 @@ __all__ = [
     "Preset",
     "Registry",
     "RunLockedError",
+    "StageOptions",
+    "StagePlan",
     "StorageError",
     "Strategy",
     "Task",

@@ -13,10 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from compresskit.distillation import FINETUNED, PRETRAINED
 from compresskit.pipeline import CompressResult, Pipeline
 from compresskit.registry import Registry
 from compresskit.strategy import Strategy
 from compresskit.tracking import Tracker
+
+#: The folder of the run directory an in-memory teacher given to :func:`compress` is saved in.
+INPUT_MODEL_DIR = "input_model"
 
 
 def as_strategy(strategy: Strategy | str | Path | Mapping[str, Any]) -> Strategy:
@@ -42,19 +46,30 @@ def compress(
     the run directory first); ``None`` keeps the strategy's ``[model] teacher``.
 
     Runs the same pipeline as ``compresskit run`` (fine-tune → decompose → distil → evaluate → save →
-    measure → track) in ``output_dir`` and resumes what an earlier call there completed.
+    measure → track) in ``output_dir`` and resumes what an earlier call there completed
+    (``restart=True``: starts over, keeping only the teacher ``model`` saved there). The result's
+    ``student`` is the final student (an ``nn.Module``; also saved in ``result.model_dir``).
     """
     resolved = as_strategy(strategy)
+    keep: tuple[str, ...] = ()
     if model is not None and not isinstance(model, str | Path):
         model = _save_input_model(
             model, Path(output_dir or resolved.output_dir or Path("runs") / resolved.name)
         )
+        keep = (INPUT_MODEL_DIR,)  # restart=True empties the run folder: the teacher just saved stays
     if model is not None:
         resolved = dataclasses.replace(
             resolved, model=dataclasses.replace(resolved.model, teacher=str(model))
         )
     pipeline = Pipeline(
-        resolved, output_dir=output_dir, tracker=tracker, restart=restart, device=device, progress=progress
+        resolved,
+        output_dir=output_dir,
+        tracker=tracker,
+        restart=restart,
+        device=device,
+        progress=progress,
+        keep=keep,
+        return_student=True,
     )
     return pipeline.run()
 
@@ -86,8 +101,8 @@ def distill(
     registry = registry or Registry.from_plugins()
     component = registry.create("distiller", distiller, options or {}, where="distill.options")
     teachers = {
-        "finetuned": teacher,
-        "pretrained": pretrained_teacher if pretrained_teacher is not None else teacher,
+        FINETUNED: teacher,
+        PRETRAINED: pretrained_teacher if pretrained_teacher is not None else teacher,
     }
     with seeded(seed):
         return dict(
@@ -151,7 +166,7 @@ def _save_input_model(model: Any, run_dir: Path) -> Path:
     from compresskit.errors import ConfigError
     from compresskit.models import load_tokenizer
 
-    folder = run_dir / "input_model"
+    folder = run_dir / INPUT_MODEL_DIR
     model.save_pretrained(folder)
     source = str(getattr(model, "name_or_path", "") or "")
     if source and Path(source).is_dir():  # keep the folder usable on its own: its tokenizer beside it

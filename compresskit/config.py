@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.config_lines import ConfigSource, locate
+from compresskit.distillation import FINETUNED, PRETRAINED, StagePlan
 from compresskit.errors import ConfigError, UsageError
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
+
+#: The teachers a run gives its distillers (the pre-trained and the fine-tuned model).
+RUN_TEACHERS = (PRETRAINED, FINETUNED)
 
 _PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _KEY_PATH = re.compile(r"[^.\[\]=\s]+(\[\d+\]|\.[^.\[\]=\s]+)*")
@@ -130,24 +134,32 @@ def format_path(path: Sequence[str | int]) -> str:
     return text
 
 
-def validate_components(strategy: Strategy, registry: Registry | None = None) -> None:
-    """Instantiate every component the strategy names, so bad names or options fail up front."""
+def validate_components(strategy: Strategy, registry: Registry | None = None) -> dict[int, Any]:
+    """Instantiate every component the strategy names, so bad names or options fail up front.
+
+    Returns each step resolved (step index → the :class:`~compresskit.targets.Group` tuple of a
+    decompose step, presets expanded, or the :class:`~compresskit.Distiller` of a distill step), made
+    here once for the preflight's dry run and the run itself.
+    """
     registry = registry or Registry.from_plugins()
     registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     if strategy.tracking.tracker != "none":
         options = tracker_options(strategy, registry)
         registry.create("tracker", strategy.tracking.tracker, options, where="tracking.options")
     _validate_training(strategy.finetune.training, "finetune.training")
+    resolved: dict[int, Any] = {}
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
             distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
             _validate_distiller_stages(distiller, registry, f"{where}.options")
+            resolved[index] = distiller
             for name, data in step.data.items():
                 if data.task is not None:
                     registry.create("task", data.task, data.options, where=f"{where}.data.{name}.options")
         elif isinstance(step, DecomposeStep):
-            _validate_decompose(step, registry, where)
+            resolved[index] = _validate_decompose(step, registry, where)
+    return resolved
 
 
 def tracker_options(strategy: Strategy, registry: Registry) -> dict[str, Any]:
@@ -163,22 +175,29 @@ def tracker_options(strategy: Strategy, registry: Registry) -> dict[str, Any]:
     return options
 
 
-def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:
-    """Validate nested stage tables (``stage1``/``stage2``): their keys, training fields and loss names."""
+def distiller_stages(distiller: Any, where: str) -> list[StagePlan]:
+    """The distiller's declared stages; a :class:`ConfigError` it raises names ``where`` (the options'
+    config path) instead of the distiller."""
     try:
-        stages = distiller.stages() if hasattr(distiller, "stages") else {"": distiller.options}
+        return list(distiller.stages())
     except ConfigError as exc:  # the distiller names itself; point at the config path instead
         message = str(exc)
         own = f"{distiller.name}."
         raise ConfigError(f"{where}.{message[len(own) :]}" if message.startswith(own) else message) from None
-    for name, stage in stages.items():
-        sub = distiller.stage_path(name) if hasattr(distiller, "stage_path") else name
-        at = f"{where}.{sub}" if sub else where
-        training = getattr(stage, "training", None)
-        if isinstance(training, Mapping):
-            _validate_training(training, f"{at}.training")
-        losses = getattr(stage, "losses", None)
-        if isinstance(losses, Mapping):
+
+
+def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -> None:
+    """Validate each declared stage: its teacher, training fields and loss names."""
+    for plan in distiller_stages(distiller, where):
+        at = plan.where(where)
+        if plan.teacher not in RUN_TEACHERS:
+            raise ConfigError(
+                f"{at}.teacher: {plan.teacher!r} is not a teacher a run provides; use "
+                f"{' or '.join(repr(t) for t in RUN_TEACHERS)}."
+            )
+        _validate_training(plan.options.training, f"{at}.training")
+        losses = plan.options.losses
+        if losses is not None:
             if not losses:
                 raise ConfigError(
                     f"{at}.losses: the table is empty, so this stage would have nothing to minimise. Name at "
@@ -199,17 +218,19 @@ def _validate_training(values: Mapping[str, Any], where: str) -> None:
     parse_options(TrainingConfig, dict(values), where)
 
 
-def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> None:
-    """Parse the step's groups with the walker's own rules, then validate every options table."""
+def _validate_decompose(step: DecomposeStep, registry: Registry, where: str) -> tuple[Any, ...]:
+    """Parse the step's groups with the walker's own rules, validate every options table, return them."""
     from compresskit.targets import parse_step
 
-    for group in parse_step(step_as_mapping(step), where, registry=registry):
+    groups = parse_step(step_as_mapping(step), where, registry=registry)
+    for group in groups:
         registry.get("decomposition", group.decomposition, where=f"{group.where}.decomposition")
         registry.create("decomposition", group.decomposition, group.options, where=f"{group.where}.options")
         for number, override in enumerate(group.overrides):
             merged = {**group.options, **override.options}
             at = f"{group.where}.overrides[{number}].options"
             registry.create("decomposition", group.decomposition, merged, where=at)
+    return groups
 
 
 def step_as_mapping(step: DecomposeStep) -> dict[str, Any]:

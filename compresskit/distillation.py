@@ -1,10 +1,13 @@
-"""The Distiller and Loss base classes, the outputs they compare and the layer mapping.
+"""The Distiller and Loss base classes, the outputs they compare, the layer mapping and the stage plan.
 
 A :class:`Loss` compares what a student and a teacher produced on a batch (logits, hidden states,
 pre-softmax attention scores, ...) — two :class:`DistillationOutputs` — and returns a weighted scalar.
 A :class:`Distiller` trains a student against one or more teachers with a set of weighted losses.
 Both are registered through plugins. :class:`LayerMapping` says which student layer is compared with
-which teacher layer (one-to-one, TinyBERT's uniform skip, or an explicit list).
+which teacher layer (one-to-one, TinyBERT's uniform skip, or an explicit list). A distiller declares
+the stages it will run as :class:`StagePlan` objects (:meth:`Distiller.stages`): which teacher and data
+each needs, its options and where they sit in the config, so whoever runs it (``compresskit run``,
+``compresskit distill``) provides exactly that and reads nothing of the distiller's own option layout.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import torch
 from compresskit.component import Component
 from compresskit.errors import ConfigError
 from compresskit.tasks import PROBLEM_TYPES
+
+#: Teacher names a runner provides: the pre-trained model (headless for stage-1 KD on general text)
+#: and the model fine-tuned on the task.
+PRETRAINED = "pretrained"
+FINETUNED = "finetuned"
 
 #: Output names a loss may require (see :attr:`Loss.requires`).
 OUTPUT_NAMES = ("logits", "hidden_states", "attention_scores", "labels", "loss")
@@ -227,13 +235,78 @@ def problem_type_of(model: torch.nn.Module) -> str | None:
     return next((kind for suffix, kind in _HEAD_PROBLEM_TYPES.items() if name.endswith(suffix)), None)
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """Options of one stage (a ``[steps.options.stage1]`` table, or a single-stage distiller's options).
+
+    ``losses`` maps loss names to a weight or to a table of that loss's options (``None``: the
+    distiller's defaults for the student's problem type, e.g. logit MSE instead of a softmax-based logit
+    loss for a regression head); ``teacher`` and
+    ``data`` name entries of the ``teachers`` and ``data`` mappings given to ``distill``; ``mapping`` is
+    ``"auto"`` (one-to-one for equal depths, else uniform), ``"one_to_one"``, ``"uniform"`` or a list;
+    ``training`` holds :class:`compresskit.training.TrainingConfig` fields.
+    """
+
+    losses: dict[str, Any] | None = None
+    teacher: str = FINETUNED
+    data: str = "train"
+    training: dict[str, Any] = field(default_factory=dict)
+    mapping: str | tuple[Any, ...] = "auto"
+    cache_teacher_outputs: bool = False
+    primary_metric: str | None = None
+    greater_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage a distiller will run, as it declares it (:meth:`Distiller.stages`).
+
+    ``name`` names the stage (its training folder, its tracker prefix, ``stage '<name>'`` in messages);
+    ``options`` are its validated :class:`StageOptions` (teacher, data, losses, training fields);
+    ``path`` is where those options sit under the distiller's ``options`` table, as a dotted path
+    (``"stage1"``; ``""`` when the table is the stage itself), so messages name the key the user wrote.
+    """
+
+    name: str
+    options: StageOptions
+    path: str = ""
+
+    @property
+    def teacher(self) -> str:
+        """The name of the teacher this stage learns from (e.g. :data:`PRETRAINED`)."""
+        return self.options.teacher
+
+    @property
+    def data(self) -> str:
+        """The name of the data this stage reads."""
+        return self.options.data
+
+    @property
+    def batch_size(self) -> int | None:
+        """The stage's ``training.batch_size``; ``None``: the training default."""
+        value = self.options.training.get("batch_size")
+        return None if value is None else int(value)
+
+    def where(self, options_path: str) -> str:
+        """The config path of this stage's options under ``options_path`` (e.g. ``steps[1].options``)."""
+        return f"{options_path}.{self.path}" if self.path else options_path
+
+
 class Distiller(Component):
     """Base class of distillers (``compresskit_register_distillers``).
 
-    :meth:`distill` trains ``student`` in place against ``teachers`` (named, e.g. ``"pretrained"`` and
-    ``"finetuned"``) on the loaders in ``data`` (named by stage, e.g. ``"train"`` or ``"stage1"``) and
-    returns a JSON-able summary.
+    :meth:`stages` declares the stages the distiller will run (teacher, data, options of each);
+    :meth:`distill` trains ``student`` in place against ``teachers`` (named, e.g. :data:`PRETRAINED` and
+    :data:`FINETUNED`) on the loaders in ``data`` (named as the stages name them) and returns a JSON-able
+    summary. The KD engine (:mod:`compresskit.kd_stage`, :mod:`compresskit.kd_engine`) runs a stage in
+    a few lines.
     """
+
+    def stages(self, problem_type: str | None = None) -> list[StagePlan]:
+        """The stages :meth:`distill` will run, in order, for a student of ``problem_type`` (one of
+        :data:`~compresskit.tasks.PROBLEM_TYPES`, ``None`` when unknown). Raises :class:`ConfigError`
+        for invalid stage options. Runners use it to load only the teachers and data the stages name."""
+        raise NotImplementedError(f"distiller {self.name!r} does not implement stages()")
 
     def distill(
         self,
@@ -245,16 +318,15 @@ class Distiller(Component):
         evaluate: Any = None,
         tracker: Any = None,
         registry: Any = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Train the student; return per-stage results (losses, metrics, checkpoints). ``registry`` is
-        the run's plugin registry (losses, mappings) or ``None`` for the installed one."""
-        raise NotImplementedError(f"distiller {self.name!r} does not implement distill()")
+        """Train the student; return per-stage results (losses, metrics, checkpoints).
 
-    def stage_path(self, stage: str) -> str:
-        """Where stage ``stage``'s options sit under this distiller's ``options`` table, as a dotted
-        path ("" when the options table is the stage itself). Error messages and suggested commands
-        use it to name the config key the user wrote. The default: one nested table per stage."""
-        return stage
+        ``registry`` is the run's plugin registry (losses, mappings; ``None``: the installed one);
+        ``defaults`` are :class:`~compresskit.training.TrainingConfig` fields of the run (seed,
+        progress, cpu) that each stage's own ``training`` table overrides.
+        """
+        raise NotImplementedError(f"distiller {self.name!r} does not implement distill()")
 
     def check_student(
         self,

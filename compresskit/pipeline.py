@@ -18,6 +18,8 @@ run resumes at the next stage, and inside a training stage from the Trainer's la
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from compresskit import stages
+from compresskit.distributed import check_supported_launch, is_main_process, wait_for_everyone
 from compresskit.errors import CompressKitError, ConfigError, TrainingError
 from compresskit.models import resolve_model_path
 from compresskit.registry import Registry
@@ -54,7 +57,8 @@ STARTED = "started"
 
 @dataclass(frozen=True)
 class CompressResult:
-    """What a run produced: the run directory, the final student, and the summary numbers."""
+    """What a run produced: the run directory, the final student's folder, the summary numbers, the
+    tracked run's id and — from :func:`compresskit.compress` — the final student itself."""
 
     run_dir: Path
     model_dir: Path
@@ -91,7 +95,12 @@ class Pipeline:
         progress: bool = True,
         on_stage_end: Callable[[str], None] | None = None,
         echo: Callable[[str], None] | None = None,
+        keep: tuple[str, ...] = (),
+        return_student: bool = False,
     ) -> None:
+        """``keep``: names in the run folder that ``restart`` leaves in place (e.g. the input model
+        ``compress()`` saved there); ``return_student``: set :attr:`CompressResult.student` (the final
+        student in memory, read from ``<run>/model`` only when this call trained nothing)."""
         self.strategy = strategy
         self.registry = registry or Registry.from_plugins()
         self.run_dir = Path(output_dir or strategy.output_dir or Path("runs") / strategy.name)
@@ -99,8 +108,13 @@ class Pipeline:
         self.device = device or strategy.device
         self.progress = progress
         self.on_stage_end = on_stage_end
-        self.echo = echo or _print_flushed
+        self.main = is_main_process()
+        self.echo = (echo or _print_flushed) if self.main else _silent  # messages printed once
         self._tracker = tracker
+        self._skips_finetuning = False  # set from the preflight: no step needs a fine-tuned teacher
+        self.keep = keep
+        self.return_student = return_student
+        self._student: tuple[str, torch.nn.Module] | None = None  # (saved folder, the model in memory)
 
     def run(self) -> CompressResult:
         """Run every stage not already complete; return the :class:`CompressResult`.
@@ -110,23 +124,29 @@ class Pipeline:
         """
         from compresskit.preflight import preflight
 
+        check_supported_launch()
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "device = 'cuda' (or --device cuda), but torch sees no CUDA device here "
                 f"(torch {torch.__version__}); use --device cpu, or run on a machine with a GPU."
             )
         checked = preflight(self.strategy, self.registry)
-        with terminate_as_interrupt(), RunLock(self.run_dir):
-            if self.restart:
-                _empty_run_dir(self.run_dir)
-            state = RunState(self.run_dir)
+        lock = RunLock(self.run_dir) if self.main else contextlib.nullcontext()
+        with terminate_as_interrupt(), lock:
+            if self.restart and self.main:
+                _empty_run_dir(self.run_dir, keep=self.keep)
+            if self.main:
+                self._write_resolved_config()
+            wait_for_everyone()  # the other processes read the folder as the main process left it
+            state = RunState(self.run_dir, write=self.main)
             return self._run_locked(checked, state)
 
     def _run_locked(self, checked: Any, state: RunState) -> CompressResult:
-        self._write_resolved_config()
+        self._skips_finetuning = not checked.teacher_is_finetuned and not checked.finetunes_teacher
         complete = self._all_complete(state)  # a folder of another strategy is refused before tracking
         finished = complete and state.data.get(RUN_STATUS) == "FINISHED"
-        tracker: Tracker = NullTracker() if finished else (self._tracker or self._make_tracker())
+        quiet = finished or not self.main  # one tracked run, opened by the main process
+        tracker: Tracker = NullTracker() if quiet else (self._tracker or self._make_tracker())
         ctx = stages.RunContext(
             strategy=self.strategy,
             registry=self.registry,
@@ -136,24 +156,32 @@ class Pipeline:
             tracker=tracker,
             pretrained_path=checked.pretrained_path,
             device=self.device,
-            progress=self.progress,
+            progress=self.progress and self.main,
+            steps=checked.steps,
+            is_main=self.main,
         )
         if finished:
             self.echo(f"[compresskit] every stage is already complete in {self.run_dir}; nothing to track")
-        else:
+        elif self.main:
             self._start_tracking(tracker, state)
         try:
-            summary = self._run_stages(ctx, state, checked.teacher_is_finetuned, log_final=not finished)
+            summary = self._run_stages(ctx, state, checked, log_final=not quiet)
         except KeyboardInterrupt:
-            self._end(tracker, state, "KILLED", finished)
+            self._end(tracker, state, "KILLED", quiet)
             raise
         except BaseException:
-            self._end(tracker, state, "FAILED", finished)
+            self._end(tracker, state, "FAILED", quiet)
             raise
-        self._end(tracker, state, "FINISHED", finished)
-        return CompressResult(
-            self.run_dir, self.run_dir / stages.MODEL_DIR, summary, state.data.get("run_id")
-        )
+        self._end(tracker, state, "FINISHED", quiet)
+        model_dir = self.run_dir / stages.MODEL_DIR
+        student = self._final_student(model_dir) if self.return_student else None
+        return CompressResult(self.run_dir, model_dir, summary, state.data.get("run_id"), student)
+
+    def _final_student(self, model_dir: Path) -> torch.nn.Module:
+        """The student this call trained (still in memory), else the one saved in ``model_dir``."""
+        if self._student is not None:
+            return self._student[1]
+        return stages.load_student(model_dir)
 
     def _end(self, tracker: Tracker, state: RunState, status: str, finished_before: bool) -> None:
         """Close the tracked run with ``status`` and record it (a finished folder re-run changes nothing)."""
@@ -167,11 +195,11 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def _run_stages(
-        self, ctx: stages.RunContext, state: RunState, teacher_is_finetuned: bool, *, log_final: bool = True
+        self, ctx: stages.RunContext, state: RunState, checked: Any, *, log_final: bool = True
     ) -> dict:
         parts = self._stage_parts()
         teacher = self._stage(
-            state, "teacher", parts["teacher"], lambda: self._teacher(ctx, teacher_is_finetuned)
+            state, "teacher", parts["teacher"], lambda: self._teacher(ctx, checked.finetunes_teacher)
         )
         teacher_dir = teacher["path"]
         current: str | None = None
@@ -180,16 +208,23 @@ class Pipeline:
             out = self.run_dir / "steps" / f"{index:02d}-{step.kind}"
             runner = self._step_runner(ctx, index, step, current, teacher_dir, out)
             current = self._stage(state, key, parts[key], runner)["path"]
-        evaluation = self._stage(
-            state, "evaluate", parts["evaluate"], lambda: self._evaluate(ctx, teacher_dir, current)
+        if not self.main:  # evaluation, the final save, measurements, the summary: the main process's
+            wait_for_everyone()
+            return dict(json.loads((self.run_dir / "summary.json").read_text()))
+        evaluate = lambda: self._evaluate(ctx, teacher_dir, current)  # noqa: E731
+        evaluation = self._stage(state, "evaluate", parts["evaluate"], evaluate, alone=True)
+        saved = self._stage(
+            state, "save", parts["save"], lambda: self._save(ctx, teacher_dir, current), alone=True
         )
-        saved = self._stage(state, "save", parts["save"], lambda: self._save(ctx, teacher_dir, current))
-        measured = self._stage(state, "measure", parts["measure"], lambda: self._measure(ctx, saved))
+        measured = self._stage(
+            state, "measure", parts["measure"], lambda: self._measure(ctx, saved), alone=True
+        )
         summary = summarize(self.strategy, state, teacher, evaluation, measured, saved, ctx.task)
         write_json_atomic(self.run_dir / "summary.json", summary)
         write_run_card(Path(summary["model_dir"]), summary, self.strategy)
         if log_final:
             self._log_final(ctx, summary)
+        wait_for_everyone()  # the other processes read the summary
         return summary
 
     def _stage_parts(self) -> dict[str, dict[str, Any]]:
@@ -206,13 +241,28 @@ class Pipeline:
     def _all_complete(self, state: RunState) -> bool:
         return all(state.result(key, _hash(p)) is not None for key, p in self._stage_parts().items())
 
-    def _stage(self, state: RunState, key: str, parts: Mapping[str, Any], run: Callable[[], dict]) -> dict:
+    def _stage(
+        self,
+        state: RunState,
+        key: str,
+        parts: Mapping[str, Any],
+        run: Callable[[], dict],
+        *,
+        alone: bool = False,
+    ) -> dict:
+        """Run stage ``key`` unless complete with the same settings; record its result.
+
+        Every process runs a stage (and they wait for one another around it) unless ``alone``: then only
+        the main process runs it and nobody waits."""
+        together = wait_for_everyone if not alone else _silent_wait
         fingerprint = _hash(parts)
         done = state.result(key, fingerprint)
         if done is not None:
             self.echo(f"[compresskit] {key}: already complete in {self.run_dir}, skipped")
             return done
-        self._prepare_stage(state, key, fingerprint)
+        if self.main:
+            self._prepare_stage(state, key, fingerprint)
+        together()  # stale work is set aside before any process starts the stage
         self.echo(f"[compresskit] {key}: running")
         start = time.perf_counter()
         try:
@@ -229,8 +279,10 @@ class Pipeline:
             intact = "the stages completed before are intact and a rerun resumes after them"
             raise storage_failure(exc, f"the output of stage {key} in {self.run_dir}", intact) from exc
         seconds = time.perf_counter() - start
+        together()  # what the main process saved is complete before anyone reads it
         state.complete(key, fingerprint, result, seconds)
-        stages.drop_checkpoints(result.get("work"))  # the stage is recorded: resuming no longer needs them
+        if self.main:  # the stage is recorded: resuming no longer needs its checkpoints
+            stages.drop_checkpoints(result.get("work"))
         self.echo(f"[compresskit] {key}: done in {seconds:.1f} s")
         if self.on_stage_end is not None:
             self.on_stage_end(key)
@@ -249,11 +301,13 @@ class Pipeline:
         started[key] = fingerprint
         state.set(STARTED, started)
 
-    def _teacher(self, ctx: stages.RunContext, already_finetuned: bool) -> dict[str, Any]:
+    def _teacher(self, ctx: stages.RunContext, finetunes: bool) -> dict[str, Any]:
         given = self.strategy.model.finetuned_teacher
         if given is not None:  # "default" and "~" resolved as the preflight resolved them
             return {"path": resolve_model_path(given, "model.finetuned_teacher"), "finetuned_here": False}
-        if already_finetuned:
+        if not finetunes:  # already fine-tuned, or no stage and no student uses a fine-tuned teacher
+            if self._skips_finetuning:
+                self.echo("[compresskit] teacher: no step learns from a fine-tuned teacher; not fine-tuned")
             return {"path": ctx.pretrained_path, "finetuned_here": False}
         return stages.finetune_teacher(ctx, self.run_dir / "teacher")
 
@@ -269,8 +323,11 @@ class Pipeline:
         def run() -> dict[str, Any]:
             student = stages.load_student(current) if current else stages.initial_student(ctx, teacher_dir)
             if isinstance(step, DecomposeStep):
-                return stages.decompose_step(ctx, index, step, student, out)
-            return stages.distill_step(ctx, index, step, student, teacher_dir, out)
+                result = stages.decompose_step(ctx, index, step, student, out)
+            else:
+                result = stages.distill_step(ctx, index, step, student, teacher_dir, out)
+            self._student = (result["path"], student)
+            return result
 
         return run
 
@@ -354,13 +411,17 @@ class Pipeline:
 
     def _parts(self, steps: int) -> dict[str, Any]:
         data = self.strategy.to_dict()
-        return {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+        parts = {**{key: data.get(key) for key in BASE_PARTS}, "steps": data.get("steps", [])[:steps]}
+        if self._skips_finetuning:  # only then, so the fingerprints of runs that fine-tune are unchanged
+            parts["teacher_finetuned"] = False
+        return parts
 
 
-def _empty_run_dir(run_dir: Path) -> None:
-    """``--restart``: delete everything in the run folder but its lock (held by this process)."""
+def _empty_run_dir(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """``--restart``: delete everything in the run folder but its lock (held by this process) and
+    ``keep``."""
     for entry in run_dir.iterdir():
-        if entry.name in LOCK_FILES:
+        if entry.name in LOCK_FILES or entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -389,13 +450,20 @@ def input_example(ctx: stages.RunContext, rows: int = 2) -> list[dict[str, str]]
     ]
 
 
+def _silent(message: str) -> None:
+    """The echo of processes other than the main one."""
+
+
+def _silent_wait() -> None:
+    """No waiting: a stage only the main process runs."""
+
+
 def _print_flushed(message: str) -> None:
     print(message, flush=True)
 
 
 def _hash(parts: Mapping[str, Any]) -> str:
     import hashlib
-    import json
 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

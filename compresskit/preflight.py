@@ -18,7 +18,8 @@ In order (each failure is a :class:`~compresskit.errors.CompressKitError` naming
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 
 from compresskit.config import validate_components
 from compresskit.config_lines import locate
+from compresskit.distillation import FINETUNED
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.models import (
     auto_class,
@@ -38,7 +40,7 @@ from compresskit.models import (
 from compresskit.preflight_data import check_data
 from compresskit.preflight_plan import dry_run_steps
 from compresskit.registry import Registry
-from compresskit.strategy import Strategy
+from compresskit.strategy import DistillStep, Strategy
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class Checked:
     pretrained_path: str
     teacher_is_finetuned: bool
     plans: tuple[Any, ...] = ()
+    #: Each step resolved once (index → a decompose step's groups, a distill step's Distiller).
+    steps: Mapping[int, Any] = field(default_factory=dict)
+    #: Whether the run fine-tunes the teacher: it is not fine-tuned yet and a stage or the student uses it.
+    finetunes_teacher: bool = True
 
 
 def preflight(strategy: Strategy, registry: Registry) -> Checked:
@@ -80,7 +86,7 @@ def _preflight(strategy: Strategy, registry: Registry) -> Checked:
             "steps: the strategy has no steps, so it would only fine-tune and evaluate the teacher. Add a "
             '[[steps]] table with kind = "decompose" (and usually one with kind = "distill").'
         )
-    validate_components(strategy, registry)
+    steps = validate_components(strategy, registry)
     task = registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     pretrained = resolve_model_path(strategy.model.teacher, "model.teacher")
     config = load_hf_config(pretrained, "model.teacher")
@@ -97,9 +103,20 @@ def _preflight(strategy: Strategy, registry: Registry) -> Checked:
     tokenizer = load_tokenizer(
         tokenizer_source, "model.tokenizer" if strategy.model.tokenizer else "model.teacher"
     )
-    check_data(strategy, registry, task, needs_train=not teacher_is_finetuned)
-    plans = dry_run_steps(strategy, registry, meta_model(config, task))
-    return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans)
+    finetunes = not teacher_is_finetuned and needs_finetuned_teacher(strategy, steps)
+    check_data(strategy, registry, task, steps, needs_train=finetunes)
+    plans = dry_run_steps(strategy, registry, meta_model(config, task), steps)
+    return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans, steps, finetunes)
+
+
+def needs_finetuned_teacher(strategy: Strategy, steps: Mapping[int, Any]) -> bool:
+    """Whether anything of the run uses the fine-tuned teacher: a student initialised from it (or taking
+    its head), or a distill stage that learns from it (general KD learns from the pre-trained one only).
+    ``steps`` are the resolved steps (:func:`~compresskit.config.validate_components`)."""
+    if strategy.model.student_init == "finetuned" or strategy.model.student is not None:
+        return True
+    distillers = [steps[i] for i, step in enumerate(strategy.steps) if isinstance(step, DistillStep)]
+    return any(plan.teacher == FINETUNED for d in distillers for plan in d.stages())
 
 
 def check_student_folder(folder: str) -> None:

@@ -9,7 +9,7 @@ with the file and line. Tasks cache what they read, so the run does not read the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from compresskit.errors import CompressKitError, DataError
@@ -17,10 +17,13 @@ from compresskit.registry import Registry
 from compresskit.strategy import DistillStep, Strategy
 
 
-def check_data(strategy: Strategy, registry: Registry, task: Any, *, needs_train: bool) -> None:
-    """Load every split the run will read; raise :class:`DataError` / :class:`ConfigError` naming it."""
+def check_data(
+    strategy: Strategy, registry: Registry, task: Any, steps: Mapping[int, Any], *, needs_train: bool
+) -> None:
+    """Load every split the run will read; raise :class:`DataError` / :class:`ConfigError` naming it.
+    ``steps`` are the resolved steps (a distill step's Distiller by index)."""
     seen: set[tuple[int, str]] = set()
-    for source, split, where in reads(strategy, registry, task, needs_train=needs_train):
+    for source, split, where in reads(strategy, registry, task, steps, needs_train=needs_train):
         if (id(source), split) in seen:
             continue
         seen.add((id(source), split))
@@ -28,25 +31,22 @@ def check_data(strategy: Strategy, registry: Registry, task: Any, *, needs_train
 
 
 def reads(
-    strategy: Strategy, registry: Registry, task: Any, *, needs_train: bool
+    strategy: Strategy, registry: Registry, task: Any, steps: Mapping[int, Any], *, needs_train: bool
 ) -> Iterator[tuple[Any, str, str]]:
     """``(task, split, config path)`` of every read the run will make, in run order."""
     if needs_train:
         yield task, "train", "finetune"
     for index, step in enumerate(strategy.steps):
         if isinstance(step, DistillStep):
-            yield from _distill_reads(step, index, registry, task)
+            yield from _distill_reads(step, index, steps[index], registry, task)
     yield task, strategy.evaluation.split, "evaluation.split"
 
 
 def _distill_reads(
-    step: DistillStep, index: int, registry: Registry, task: Any
+    step: DistillStep, index: int, distiller: Any, registry: Registry, task: Any
 ) -> Iterator[tuple[Any, str, str]]:
-    from compresskit.stages import data_batch_sizes
-
     where = f"steps[{index}]"
-    distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
-    for name in data_batch_sizes(distiller):
+    for name in dict.fromkeys(plan.data for plan in distiller.stages()):
         spec = step.data.get(name)
         if spec is None:
             yield task, "train", f"{where}.data.{name}"

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from compresskit.config import step_as_mapping
+from compresskit.distillation import FINETUNED, PRETRAINED
 from compresskit.errors import CompressKitError, ConfigError
 from compresskit.registry import Registry
 from compresskit.report import CompressionPlan
@@ -34,22 +35,31 @@ from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 MAX_REASONS = 4
 
 
-def dry_run_steps(strategy: Strategy, registry: Registry, dense: nn.Module) -> tuple[CompressionPlan, ...]:
-    """Plan every decompose step and check every distill step on a copy of ``dense`` (a meta model)."""
+def dry_run_steps(
+    strategy: Strategy,
+    registry: Registry,
+    dense: nn.Module,
+    resolved: Mapping[int, Any] | None = None,
+) -> tuple[CompressionPlan, ...]:
+    """Plan every decompose step and check every distill step on a copy of ``dense`` (a meta model).
+
+    ``resolved`` holds steps already resolved (index → a decompose step's groups, a distill step's
+    Distiller; :func:`~compresskit.config.validate_components`); the others are resolved here."""
+    resolved = resolved or {}
     from compresskit.targets import parse_step
     from compresskit.walker import build_replacements, plan_compression, swap_modules
 
     student = copy.deepcopy(dense)
-    teachers = {"pretrained": dense, "finetuned": dense}
+    teachers = {PRETRAINED: dense, FINETUNED: dense}
     plans = []
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
-            check_distiller(step, registry, student, teachers, where)
+            check_distiller(step, registry, student, teachers, where, resolved.get(index))
             continue
         if not isinstance(step, DecomposeStep):
             continue
-        groups = parse_step(step_as_mapping(step), where, registry=registry)
+        groups = resolved.get(index) or parse_step(step_as_mapping(step), where, registry=registry)
         try:
             plan = plan_compression(student, groups, registry=registry)
         except CompressKitError as exc:
@@ -103,10 +113,16 @@ def _reasons(plan: CompressionPlan, paths: Mapping[str, str]) -> str:
 
 
 def check_distiller(
-    step: DistillStep, registry: Registry, student: nn.Module, teachers: Mapping[str, nn.Module], where: str
+    step: DistillStep,
+    registry: Registry,
+    student: nn.Module,
+    teachers: Mapping[str, nn.Module],
+    where: str,
+    distiller: Any = None,
 ) -> None:
     """Let the step's distiller check the planned student (on copies: nothing of the run is touched)."""
-    distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
+    if distiller is None:
+        distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
     check = getattr(distiller, "check_student", None)
     if not callable(check):
         return

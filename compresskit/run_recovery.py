@@ -116,10 +116,8 @@ def _learning_rate(strategy: Strategy, key: str, message: str, registry: Any) ->
     if not isinstance(step, DistillStep):
         return None, 0.0
     distiller = registry.create("distiller", step.distiller, step.options)
-    stages = distiller.stages() if hasattr(distiller, "stages") else {"": distiller.options}
+    plans = {plan.name: plan for plan in distiller.stages()}
     found = re.search(r"stage '([\w-]+)'", message)
-    name = found.group(1) if found and found.group(1) in stages else next(iter(stages))
-    training = dict(getattr(stages[name], "training", {}) or {})
-    sub = distiller.stage_path(name) if name and hasattr(distiller, "stage_path") else name
-    prefix = f"steps[{index}].options" + (f".{sub}" if sub else "")
-    return f"{prefix}.training.learning_rate", float(training.get("learning_rate", default))
+    plan = plans[found.group(1)] if found and found.group(1) in plans else next(iter(plans.values()))
+    rate = plan.options.training.get("learning_rate", default)
+    return f"{plan.where(f'steps[{index}].options')}.training.learning_rate", float(rate)

@@ -28,8 +28,10 @@ FORMAT_VERSION = 1
 class RunState:
     """The completed stages of one run directory (read at start, written after every stage)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, write: bool = True) -> None:
+        """``write=False``: keep changes in memory only (the processes of a run other than the main one)."""
         self.run_dir = run_dir
+        self.write = write
         self.path = run_dir / STATE_FILE
         self.data: dict[str, Any] = {"format": FORMAT_VERSION, "stages": {}, "order": []}
         if self.path.is_file():
@@ -76,6 +78,8 @@ class RunState:
         self.save()
 
     def save(self) -> None:
+        if not self.write:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.data)
 

@@ -175,8 +175,10 @@ def load(
         except CompressKitError:
             raise
         except Exception as exc:  # safetensors' SafetensorError and friends: a truncated or garbage file
+            single = Path(folder) / "model.safetensors"
+            what = str(single) if single.is_file() else f"{folder}: the saved weights"
             raise CheckpointError(
-                f"{folder / WEIGHTS_FILE} cannot be read ({type(exc).__name__}: {exc}); the file is "
+                f"{what} cannot be read ({type(exc).__name__}: {exc}); the file is "
                 "truncated or damaged. Save the model again (or copy the folder again)."
             ) from None
     _check_loading_info(info, folder)

@@ -17,14 +17,19 @@ from typing import Any
 
 import torch
 
+from compresskit.component import parse_options
 from compresskit.config import step_as_mapping
+from compresskit.distillation import FINETUNED, PRETRAINED, problem_type_of
 from compresskit.errors import ConfigError
 from compresskit.models import copy_head, forward_inputs, load_task_model, replace_head
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy
 from compresskit.tracking import Tracker, flatten
+from compresskit.training import TrainingConfig
 
 MODEL_DIR = "model"
+#: The config key of the fine-tuned teacher (named in errors about it).
+FINETUNED_KEY = "model.finetuned_teacher"
 
 
 @dataclass
@@ -41,6 +46,11 @@ class RunContext:
     device: str = "auto"
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Each step resolved once by the preflight (index → a decompose step's groups, a distill step's
+    #: Distiller); a step missing here is resolved from the strategy.
+    steps: Mapping[int, Any] = field(default_factory=dict)
+    #: Whether this process writes the run's files (see :mod:`compresskit.distributed`).
+    is_main: bool = True
 
     @property
     def torch_device(self) -> torch.device:
@@ -48,15 +58,17 @@ class RunContext:
             return torch.device("cuda")
         return torch.device("cpu")
 
-    def training_config(self, values: Mapping[str, Any], where: str) -> Any:
-        """A :class:`TrainingConfig` from a config table, with the run's seed, device and progress."""
-        from compresskit.component import parse_options
-        from compresskit.training import TrainingConfig
-
-        merged = {"seed": self.strategy.seed, "progress": self.progress, **values}
+    @property
+    def training_defaults(self) -> dict[str, Any]:
+        """The run's :class:`TrainingConfig` fields (seed, progress, cpu) under every training table's own."""
+        defaults: dict[str, Any] = {"seed": self.strategy.seed, "progress": self.progress}
         if self.device == "cpu":
-            merged["cpu"] = True
-        return parse_options(TrainingConfig, merged, where)
+            defaults["cpu"] = True
+        return defaults
+
+    def training_config(self, values: Mapping[str, Any], where: str) -> Any:
+        """A :class:`TrainingConfig` from a config table, over :attr:`training_defaults`."""
+        return parse_options(TrainingConfig, {**self.training_defaults, **values}, where)
 
 
 # --------------------------------------------------------------------------- teacher
@@ -89,8 +101,9 @@ def finetune_teacher(ctx: RunContext, out: Path) -> dict[str, Any]:
         stage="finetune",
         fingerprint={"stage": "finetune", "strategy": ctx.strategy.fingerprint("model", "task", "finetune")},
     ).train()
-    model.save_pretrained(out / MODEL_DIR)
-    ctx.tokenizer.save_pretrained(out / MODEL_DIR)  # a folder usable on its own (evaluate, pipeline)
+    if ctx.is_main:
+        model.save_pretrained(out / MODEL_DIR)
+        ctx.tokenizer.save_pretrained(out / MODEL_DIR)  # a folder usable on its own (evaluate, pipeline)
     return {
         "path": str(out / MODEL_DIR),
         "finetuned_here": True,
@@ -130,14 +143,16 @@ def decompose_step(
     """Apply one decompose step through the walker; save the student and the report."""
     from compresskit.walker import decompose
 
-    report = decompose(student, step_as_mapping(step), registry=ctx.registry)
+    groups = ctx.steps.get(index) or step_as_mapping(step)
+    report = decompose(student, groups, registry=ctx.registry)
     report_data = report.to_dict() if hasattr(report, "to_dict") else {}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
-    if hasattr(report, "format"):
-        (out / "report.txt").write_text(report.format())
-    save_student(student, out / MODEL_DIR, ctx.tokenizer)
-    ctx.tracker.log_artifact(out / "report.json", f"steps/{index:02d}-decompose")
+    if ctx.is_main:  # every process decomposes its own copy of the student; one writes
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
+        if hasattr(report, "format"):
+            (out / "report.txt").write_text(report.format())
+        save_student(student, out / MODEL_DIR, ctx.tokenizer)
+        ctx.tracker.log_artifact(out / "report.json", f"steps/{index:02d}-decompose")
     totals = report_data.get("totals", {})
     return {"path": str(out / MODEL_DIR), "report": str(out / "report.json"), "totals": totals}
 
@@ -145,17 +160,21 @@ def decompose_step(
 def distill_step(
     ctx: RunContext, index: int, step: DistillStep, student: torch.nn.Module, teacher_dir: str, out: Path
 ) -> dict[str, Any]:
-    """Train the student against the pre-trained and fine-tuned teachers with the step's distiller."""
+    """Train the student with the step's distiller, against the teachers and on the data its stages name."""
     where = f"steps[{index}].options"
-    options = with_run_training_defaults(ctx, step)
-    distiller = ctx.registry.create("distiller", step.distiller, options, where=where)
-    teachers = {
-        "pretrained": load_task_model(ctx.pretrained_path, ctx.task),
-        "finetuned": load_task_model(teacher_dir, ctx.task, where="model.finetuned_teacher"),
+    distiller = ctx.steps.get(index) or ctx.registry.create(
+        "distiller", step.distiller, step.options, where=where
+    )
+    plans = distiller.stages(problem_type_of(student))
+    sources = {PRETRAINED: (ctx.pretrained_path, "model.teacher"), FINETUNED: (teacher_dir, FINETUNED_KEY)}
+    teachers = {  # only the teachers the stages learn from
+        name: load_task_model(sources[name][0], ctx.task, where=sources[name][1])
+        for name in dict.fromkeys(plan.teacher for plan in plans)
+        if name in sources
     }
     data = {
-        name: distill_loader(ctx, step, name, batch_size, f"steps[{index}].data.{name}")
-        for name, batch_size in data_batch_sizes(distiller).items()
+        plan.data: distill_loader(ctx, step, plan.data, plan.batch_size, f"steps[{index}].data.{plan.data}")
+        for plan in plans
     }
     result = distiller.distill(
         student,
@@ -165,8 +184,10 @@ def distill_step(
         evaluate=lambda model: evaluate_model(ctx, model),
         tracker=ctx.tracker,
         registry=ctx.registry,
+        defaults=ctx.training_defaults,
     )
-    save_student(student, out / MODEL_DIR, ctx.tokenizer)
+    if ctx.is_main:
+        save_student(student, out / MODEL_DIR, ctx.tokenizer)
     return {
         "path": str(out / MODEL_DIR),
         "distiller": step.distiller,
@@ -175,37 +196,7 @@ def distill_step(
     }
 
 
-def with_run_training_defaults(ctx: RunContext, step: DistillStep) -> dict[str, Any]:
-    """Give every ``training`` table of a distiller's options the run's seed, progress and device.
-
-    Values the config sets win. Fills ``options.training`` when the distiller's Options has that field
-    (single-stage distillers) and ``options.<stage>.training`` for each ``stage*`` field (two-stage KD).
-    """
-    defaults: dict[str, Any] = {"seed": ctx.strategy.seed, "progress": ctx.progress}
-    if ctx.device == "cpu":
-        defaults["cpu"] = True
-    cls = ctx.registry.get("distiller", step.distiller)
-    fields = set(getattr(getattr(cls, "Options", None), "__dataclass_fields__", {}))
-    result = dict(step.options)
-    if "training" in fields:
-        result["training"] = {**defaults, **dict(result.get("training") or {})}
-    for key in sorted(f for f in fields if f.startswith("stage")):
-        table = dict(result.get(key) or {})
-        result[key] = {**table, "training": {**defaults, **dict(table.get("training") or {})}}
-    return result
-
-
-def data_batch_sizes(distiller: Any) -> dict[str, int]:
-    """Data name → batch size for each stage the distiller will run (``stages()`` or its own options)."""
-    stages = distiller.stages().values() if hasattr(distiller, "stages") else [distiller.options]
-    sizes: dict[str, int] = {}
-    for stage in stages:
-        name = getattr(stage, "data", "train")
-        sizes[name] = int(dict(getattr(stage, "training", {}) or {}).get("batch_size", 32))
-    return sizes
-
-
-def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: int, where: str) -> Any:
+def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: int | None, where: str) -> Any:
     """The loader of data ``name``: its ``[steps.data.<name>]`` table, else the run task's train split."""
     spec = step.data.get(name)
     if spec is None:
@@ -223,7 +214,7 @@ def distill_loader(ctx: RunContext, step: DistillStep, name: str, batch_size: in
     return task.dataloader(
         spec.split,
         ctx.tokenizer,
-        batch_size=batch_size,
+        batch_size=batch_size or TrainingConfig.batch_size,
         shuffle=spec.shuffle,
         seed=ctx.strategy.seed,
         max_length=spec.max_length,

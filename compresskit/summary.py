@@ -65,8 +65,9 @@ def summarize(
 def student_flops(model_dir: Path, teacher_flops: int | None, tokens: int) -> int | None:
     """Teacher FLOPs minus each replaced module's dense cost plus its compressed cost.
 
-    Read from the student's own saved plans (``config.json``), which list every plan applied to it — in
-    this run's decompose steps or before it, for a student started from a saved folder (``model.student``).
+    Read from the plans saved with the student (its ``config.json``, or ``compression_plan.json`` of
+    older folders), which list every plan applied to it — in this run's decompose steps or before it,
+    for a student started from a saved folder (``model.student``).
     """
     from compresskit.saving import is_compressed_folder, read_plans
 

@@ -1,4 +1,5 @@
-"""Helpers shipped to plugin authors: the decomposition contract suite, :func:`check_decomposition`.
+"""Helpers shipped to plugin authors: the contract suites :func:`check_decomposition`,
+:func:`check_distiller` and :func:`check_loss` (the last two in :mod:`compresskit.testing_kd`).
 
 Use it from a third-party plugin's own tests::
 
@@ -24,8 +25,9 @@ import torch
 from torch import nn
 
 from compresskit.decomposition import CompressedModule, Decomposition, class_names, dense_weight
+from compresskit.testing_kd import check_distiller, check_loss, tiny_bert
 
-__all__ = ["check_decomposition", "sample_inputs"]
+__all__ = ["check_decomposition", "check_distiller", "check_loss", "sample_inputs", "tiny_bert"]
 
 
 def check_decomposition(

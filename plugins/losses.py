@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import compresskit
-from compresskit.distillation import DistillationOutputs, LossInputs
-from compresskit.errors import ConfigError
+from compresskit import ConfigError, DistillationOutputs, LossInputs
 
 T = TypeVar("T")
 

@@ -37,19 +37,20 @@ from compresskit import (
     hookimpl,
     linear_shape,
 )
-from compresskit.dispatch import (
+from compresskit.plugin import (
     FACTORED_OR_DENSE,
     PROBE_MAX_TOKENS,
     FactoredOrDense,
     WeightCache,
+    all_finite,
     choose,
     needs_grad,
     probe_generator,
     regime,
     register_family,
+    top_singular_triplets,
     tracing,
 )
-from compresskit.linalg import all_finite, top_singular_triplets
 
 LINEAR_FAMILY, EMBEDDING_FAMILY = "low_rank_linear", "low_rank_embedding"
 register_family(LINEAR_FAMILY, FACTORED_OR_DENSE)

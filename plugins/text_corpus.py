@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compresskit import DataError, Task, hookimpl
-from compresskit.defaults import shared_data_dir
-from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
+from compresskit.plugin import PaddingCollator, check_limit, collect_outputs, list_dataloader, shared_data_dir
 
 from .glue.reader import read_tsv
 from .glue.specs import GLUE_TASKS

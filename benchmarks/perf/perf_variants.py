@@ -36,7 +36,7 @@ def build_model(name: str, layers: int | None = None) -> nn.Module:
 
     torch.manual_seed(0)
     if name == "minilm-l6":
-        from compresskit.defaults import default_teacher_path
+        from compresskit.plugin import default_teacher_path
 
         kwargs = {"num_hidden_layers": layers} if layers else {}
         return AutoModelForSequenceClassification.from_pretrained(
@@ -89,8 +89,8 @@ def build_variant(
 ) -> dict[str, Any]:
     """Build, decompose (timed), save and count one variant; run in a child process (peak memory)."""
     import compresskit
-    from compresskit.registry import Registry
-    from compresskit.walker import PLANS_ATTRIBUTE, build_replacements, plan_compression, swap_modules
+    from compresskit import Registry, plan_compression
+    from compresskit.plugin import PLANS_ATTRIBUTE, build_replacements, swap_modules
 
     model = build_model(model_name, layers).eval()
     rss_model = _rss_mb()
@@ -114,12 +114,12 @@ def build_variant(
         )
         compresskit.save(model, folder)
     else:
-        from compresskit.measure import dense_model_flops
+        from compresskit.plugin import dense_model_flops
 
         result["flops_linear"] = dense_model_flops(model, seq_len)
         model.save_pretrained(folder)
     from compresskit import size_on_disk_mb
-    from compresskit.measure import count_parameters
+    from compresskit.plugin import count_parameters
 
     result.update(params=count_parameters(model), size_mb=round(size_on_disk_mb(folder), 3))
     result["flops_counted"] = counted_flops(model, seq_len)

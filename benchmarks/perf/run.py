@@ -120,7 +120,8 @@ def training(args: argparse.Namespace, models: dict[str, Any], vocab: int) -> di
 
 
 def onnx_section(args: argparse.Namespace, models: dict[str, Any], vocab: int, root: Path) -> dict[str, Any]:
-    from compresskit.export import export_onnx, ort_session
+    from compresskit import export_onnx
+    from compresskit.plugin import ort_session
 
     out: dict[str, Any] = {}
     sessions = {}

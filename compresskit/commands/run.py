@@ -62,6 +62,7 @@ def run_config(config: Path, args: argparse.Namespace, context: CommandContext) 
         progress=not args.no_progress,
     )
     result = pipeline.run()
-    print()
-    print(result.table)
+    if pipeline.main:  # under accelerate launch, the table once
+        print()
+        print(result.table)
     return 0

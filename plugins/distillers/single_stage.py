@@ -1,7 +1,7 @@
 """Single-stage distillers: ``logits_kd`` (Hinton et al. 2015) and ``intermediate_kd`` (TinyBERT-style).
 
 Both train the student against one teacher (``teachers["finetuned"]`` by default) on one loader
-(``data["train"]``); their options are a :class:`~.stage.StageOptions` table with other default losses.
+(``data["train"]``); their options are a :class:`compresskit.StageOptions` table with other default losses.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Any
 from torch import nn
 
 import compresskit
-from compresskit.registry import Registry
-
-from .stage import StageOptions, check_stage, run_stage, with_default_losses
+from compresskit import Registry, StageOptions, StagePlan
+from compresskit.plugin import check_stage, run_stage, with_default_losses
 
 
 class SingleStageDistiller(compresskit.Distiller):
@@ -25,13 +24,10 @@ class SingleStageDistiller(compresskit.Distiller):
         """The losses used when the options name none, for a student of ``problem_type``."""
         raise NotImplementedError(f"distiller {self.name!r} does not implement default_losses()")
 
-    def stages(self, problem_type: str | None = None) -> dict[str, StageOptions]:
-        """The one stage, ``"train"``, with default losses for a student of ``problem_type``."""
-        return {"train": with_default_losses(self.options, self.default_losses(problem_type))}
-
-    def stage_path(self, stage: str) -> str:
-        """The options table is the one stage's own."""
-        return ""
+    def stages(self, problem_type: str | None = None) -> list[StagePlan]:
+        """The one stage, ``"train"``, with default losses for a student of ``problem_type``; its
+        options table is the distiller's own."""
+        return [StagePlan("train", with_default_losses(self.options, self.default_losses(problem_type)))]
 
     def distill(
         self,
@@ -43,11 +39,12 @@ class SingleStageDistiller(compresskit.Distiller):
         evaluate: Any = None,
         tracker: Any = None,
         registry: Registry | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        (plan,) = self.stages(compresskit.problem_type_of(student))
         result = run_stage(
-            name="train",
+            plan,
             distiller=self.name,
-            stage=self.stages(compresskit.problem_type_of(student))["train"],
             student=student,
             teachers=teachers,
             data=data,
@@ -55,8 +52,9 @@ class SingleStageDistiller(compresskit.Distiller):
             evaluate=evaluate,
             tracker=tracker,
             registry=registry or Registry.from_plugins(),
+            defaults=defaults,
         )
-        return {"train": result}
+        return {plan.name: result}
 
     def check_student(
         self,
@@ -66,11 +64,9 @@ class SingleStageDistiller(compresskit.Distiller):
         registry: Registry | None = None,
         where: str = "",
     ) -> None:
-        stage = self.stages(compresskit.problem_type_of(student))["train"]
-        check_stage(
-            stage=stage, student=student, teachers=teachers,
-            registry=registry or Registry.from_plugins(), where=where or self.name,
-        )  # fmt: skip
+        (plan,) = self.stages(compresskit.problem_type_of(student))
+        registry = registry or Registry.from_plugins()
+        check_stage(plan, student=student, teachers=teachers, registry=registry, where=where or self.name)
 
 
 class LogitsKD(SingleStageDistiller):

@@ -23,15 +23,13 @@ import torch
 from torch import nn
 
 import compresskit
-from compresskit.errors import ConfigError
-from compresskit.registry import Registry
-
-from .stage import StageOptions, check_stage, parse_stage, pick, run_stage, with_default_losses
+from compresskit import FINETUNED, PRETRAINED, ConfigError, Registry, StageOptions, StagePlan
+from compresskit.plugin import check_stage, parse_stage, pick, run_stage, with_default_losses
 
 INTERMEDIATE = {"embedding_mse": 1.0, "attention_score_mse": 1.0, "hidden_mse": 1.0}
 
-STAGE1_DEFAULTS = StageOptions(losses=dict(INTERMEDIATE), teacher="pretrained", data="stage1")
-STAGE2_DEFAULTS = StageOptions(teacher="finetuned", data="stage2")
+STAGE1_DEFAULTS = StageOptions(losses=dict(INTERMEDIATE), teacher=PRETRAINED, data="stage1")
+STAGE2_DEFAULTS = StageOptions(teacher=FINETUNED, data="stage2")
 
 
 def stage2_losses(problem_type: str | None) -> dict[str, float]:
@@ -57,14 +55,15 @@ class TwoStageKD(compresskit.Distiller):
     name = "two_stage_kd"
     Options = TwoStageOptions
 
-    def stages(self, problem_type: str | None = None) -> dict[str, StageOptions]:
+    def stages(self, problem_type: str | None = None) -> list[StagePlan]:
         """The validated options of each stage that will run, in order, with default losses for a
-        student of ``problem_type`` (``None``: a classifier)."""
-        stages = {}
+        student of ``problem_type`` (``None``: a classifier); each sits in its own table."""
+        stages = []
         if not self.options.skip_stage1:
-            stages["stage1"] = parse_stage(self.options.stage1, STAGE1_DEFAULTS, f"{self.name}.stage1")
+            stage1 = parse_stage(self.options.stage1, STAGE1_DEFAULTS, f"{self.name}.stage1")
+            stages.append(StagePlan("stage1", stage1, "stage1"))
         stage2 = parse_stage(self.options.stage2, STAGE2_DEFAULTS, f"{self.name}.stage2")
-        stages["stage2"] = with_default_losses(stage2, stage2_losses(problem_type))
+        stages.append(StagePlan("stage2", with_default_losses(stage2, stage2_losses(problem_type)), "stage2"))
         return stages
 
     def distill(
@@ -77,28 +76,29 @@ class TwoStageKD(compresskit.Distiller):
         evaluate: Any = None,
         tracker: Any = None,
         registry: Registry | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         registry = registry or Registry.from_plugins()
-        stages = self.stages(compresskit.problem_type_of(student))
-        for name, stage in stages.items():  # fail on a missing teacher or data before any training
-            pick(teachers, stage.teacher, "teacher", f"{self.name}.{name}")
-            pick(data, stage.data, "data", f"{self.name}.{name}")
+        plans = self.stages(compresskit.problem_type_of(student))
+        for plan in plans:  # fail on a missing teacher or data before any training
+            pick(teachers, plan.teacher, "teacher", f"{self.name}.{plan.name}")
+            pick(data, plan.data, "data", f"{self.name}.{plan.name}")
         results: dict[str, Any] = {}
-        for name, stage in stages.items():
-            if name == "stage2":
-                copied = copy_modules(teachers[stage.teacher], student, self.options.copy_from_teacher)
+        for plan in plans:
+            if plan.name == "stage2":
+                copied = copy_modules(teachers[plan.teacher], student, self.options.copy_from_teacher)
                 results["copied_from_teacher"] = copied
-            results[name] = run_stage(
-                name=name,
+            results[plan.name] = run_stage(
+                plan,
                 distiller=self.name,
-                stage=stage,
                 student=student,
                 teachers=teachers,
                 data=data,
                 output_dir=Path(output_dir),
-                evaluate=evaluate if name == "stage2" else None,
+                evaluate=evaluate if plan.name == "stage2" else None,
                 tracker=tracker,
                 registry=registry,
+                defaults=defaults,
             )
         return results
 
@@ -113,13 +113,12 @@ class TwoStageKD(compresskit.Distiller):
         """Each stage's losses against the planned student, and stage 2's copy from the teacher."""
         registry = registry or Registry.from_plugins()
         where = where or self.name
-        for name, stage in self.stages(compresskit.problem_type_of(student)).items():
-            if name == "stage2":
-                teacher = pick(teachers, stage.teacher, "teacher", f"{where}.{name}")
+        for plan in self.stages(compresskit.problem_type_of(student)):
+            at = f"{where}.{plan.name}"
+            if plan.name == "stage2":
+                teacher = pick(teachers, plan.teacher, "teacher", at)
                 _check_copy(teacher, student, self.options.copy_from_teacher, where)
-            check_stage(
-                stage=stage, student=student, teachers=teachers, registry=registry, where=f"{where}.{name}"
-            )
+            check_stage(plan, student=student, teachers=teachers, registry=registry, where=at)
 
 
 def _check_copy(teacher: nn.Module, student: nn.Module, patterns: tuple[str, ...], where: str) -> None:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from compresskit.errors import DataError
+from compresskit import DataError
 
 from .specs import GlueSpec
 

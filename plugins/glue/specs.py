@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compresskit import metrics
+from compresskit.plugin import accuracy, f1_binary, matthews_correlation, pearson, spearman
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,11 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 _METRIC_FUNCTIONS = {
-    "accuracy": metrics.accuracy,
-    "f1": metrics.f1_binary,
-    "matthews_correlation": metrics.matthews_correlation,
-    "pearson": metrics.pearson,
-    "spearman": metrics.spearman,
+    "accuracy": accuracy,
+    "f1": f1_binary,
+    "matthews_correlation": matthews_correlation,
+    "pearson": pearson,
+    "spearman": spearman,
 }
 
 

@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 
 from compresskit import ConfigError, Task
-from compresskit.defaults import shared_data_dir
-from compresskit.errors import did_you_mean
-from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
+from compresskit.plugin import (
+    PaddingCollator,
+    check_limit,
+    collect_outputs,
+    did_you_mean,
+    list_dataloader,
+    shared_data_dir,
+)
 
 from . import reader
 from .specs import CLASS_NAMES, GLUE_TASKS, GlueSpec, score

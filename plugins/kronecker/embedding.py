@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from compresskit import CompressedModuleMixin, DecompositionError
-from compresskit.dispatch import WeightCache, needs_grad, probe_generator, tracing
+from compresskit.plugin import WeightCache, needs_grad, probe_generator, tracing
 
 from .nearest import nearest_kronecker
 from .paths import EMBEDDING, TIED_HEAD, choose_simple

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from compresskit import CompressedModuleMixin, dense_bias, dense_weight, linear_shape
-from compresskit.dispatch import WeightCache, needs_grad, tracing
+from compresskit.plugin import WeightCache, needs_grad, tracing
 
 from .kernels import kronecker_linear
 from .nearest import SvdBackend, kron_sum, nearest_kronecker

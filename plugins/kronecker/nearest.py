@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from compresskit import DecompositionError
-from compresskit.linalg import all_finite
-from compresskit.linalg import top_singular_triplets as shape_aware_triplets
+from compresskit.plugin import all_finite
+from compresskit.plugin import top_singular_triplets as shape_aware_triplets
 
 from .shapes import check_terms
 

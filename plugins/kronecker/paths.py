@@ -21,13 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from compresskit.dispatch import (
-    PROBE_MAX_TOKENS,
-    choose,
-    probe_generator,
-    regime,
-    register_family,
-)
+from compresskit.plugin import PROBE_MAX_TOKENS, choose, probe_generator, regime, register_family
 
 from .kernels import FORMULATIONS, kronecker_linear
 from .shapes import Shape, term_flops

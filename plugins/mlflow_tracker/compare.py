@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from compresskit import Command, ConfigError
-from compresskit.commands import CommandContext
-from compresskit.errors import did_you_mean
-from compresskit.measure import (
+from compresskit.plugin import (
     MEASUREMENT_METRICS,
     METRIC_COMPRESSION,
     METRIC_LATENCY_MS,
     METRIC_PARAMS,
     STUDENT_PREFIX,
     TEACHER_PREFIX,
+    CommandContext,
+    did_you_mean,
+    format_table,
 )
-from compresskit.report_table import format_table
 
 from .pareto import Point, plot_pareto
 from .tracker import MlflowTracker, resolve_tracking_uri

@@ -33,8 +33,7 @@ class CompressedTextClassifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         import compresskit
-        from compresskit.models import load_tokenizer
-        from compresskit.saving import is_compressed_folder
+        from compresskit.plugin import is_compressed_folder, load_tokenizer
 
         folder = context.artifacts["model"]
         self.tokenizer = load_tokenizer(folder, where="MLflow model artifact 'model'")

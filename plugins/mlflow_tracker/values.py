@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import compresskit
-from compresskit.tracking import flatten
+from compresskit.plugin import flatten
 
 MAX_VALUE_CHARS = 6000
 MAX_KEY_CHARS = 250

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compresskit.errors import DataError
+from compresskit import DataError
 
 VERSIONS = ("1.1", "2.0")
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from compresskit.tasks import require_fast_tokenizer
+from compresskit.plugin import require_fast_tokenizer
 
 from .data import SquadExample
 

@@ -11,9 +11,14 @@ from typing import Any
 import numpy as np
 
 from compresskit import DataError, Task
-from compresskit.defaults import shared_data_dir
-from compresskit.metrics import squad_metrics
-from compresskit.tasks import PaddingCollator, check_limit, collect_outputs, list_dataloader
+from compresskit.plugin import (
+    PaddingCollator,
+    check_limit,
+    collect_outputs,
+    list_dataloader,
+    shared_data_dir,
+    squad_metrics,
+)
 
 from . import data
 from .features import build_features

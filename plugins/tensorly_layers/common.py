@@ -26,8 +26,7 @@ from compresskit import (
     dense_weight,
     linear_shape,
 )
-from compresskit.dispatch import FACTORED_OR_DENSE, FactoredOrDense, register_family
-from compresskit.linalg import all_finite
+from compresskit.plugin import FACTORED_OR_DENSE, FactoredOrDense, all_finite, register_family
 
 for _family in ("tucker_linear", "cp_linear", "tensor_train_linear"):
     register_family(_family, FACTORED_OR_DENSE)

@@ -70,3 +70,47 @@ def test_core_names_builtin_plugins_only_in_the_plugin_list() -> None:
         if path.name != "plugins.py" and re.search(r"compresskit_plugins", text):
             offenders.append(path.name)
     assert offenders == []
+
+
+def _compresskit_imports(path: Path) -> list[tuple[str, str, int]]:
+    """``(module, name, line)`` of every import of compresskit in ``path`` (name ``"*"`` for ``import x``)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "compresskit":
+            found += [(str(node.module), alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, "*", node.lineno) for a in node.names if a.name.split(".")[0] == "compresskit"]
+    return found
+
+
+def test_plugins_and_benchmarks_import_only_the_public_surfaces() -> None:
+    """``plugins/`` and ``benchmarks/`` use ``compresskit`` (its ``__all__``) and ``compresskit.plugin``
+    alone, as a third-party package would."""
+    import compresskit.plugin
+
+    allowed = {
+        "compresskit": {*compresskit.__all__, "plugin"},
+        "compresskit.plugin": set(compresskit.plugin.__all__),
+    }
+    offenders = []
+    for top in ("plugins", "benchmarks"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for module, name, line in _compresskit_imports(path):
+                if name == "*" and module == "compresskit":
+                    continue
+                if name not in allowed.get(module, set()):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
+    assert offenders == [], "import these through compresskit.plugin (and list them there):\n" + "\n".join(
+        offenders
+    )
+
+
+def test_the_plugin_surface_is_documented() -> None:
+    import compresskit.plugin
+
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    assert "compresskit.plugin" in contributing
+    for name in compresskit.plugin.__all__:
+        assert hasattr(compresskit.plugin, name), name

@@ -281,5 +281,62 @@ def test_finetuned_teacher_default_is_resolved_like_the_preflight(tiny_teacher: 
     strategy = tiny_strategy(
         tiny_teacher, data_dir, model={"teacher": "default", "finetuned_teacher": "default"}
     )
-    teacher = Pipeline(strategy)._teacher(None, already_finetuned=False)  # type: ignore[arg-type]
+    teacher = Pipeline(strategy)._teacher(None, finetunes=True)  # type: ignore[arg-type]
     assert teacher == {"path": str(default_teacher_path()), "finetuned_here": False}
+
+
+def test_no_teacher_finetuning_when_no_stage_learns_from_the_finetuned_teacher(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    training = {"batch_size": 16, "max_steps": 2, "learning_rate": 1e-3}
+    general = {"teacher": "pretrained", "losses": {"hidden_mse": 1.0}, "training": training}
+    strategy = tiny_strategy(
+        tiny_teacher, data_dir, tracking={"tracker": "none"}, measure={"seq_len": 8, "repeats": 1}
+    )
+    steps = [
+        strategy.to_dict()["steps"][0],
+        {"kind": "distill", "distiller": "intermediate_kd", "options": general},
+    ]
+    model = {"teacher": str(tiny_teacher), "student_init": "pretrained"}  # as general KD starts
+    strategy = Strategy.from_dict({**strategy.to_dict(), "model": model, "steps": steps})
+    messages: list[str] = []
+    result = Pipeline(strategy, output_dir=tmp_path / "run", progress=False, echo=messages.append).run()
+
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    teacher = state["stages"]["teacher"]["result"]
+    assert teacher == {"path": str(tiny_teacher), "finetuned_here": False}
+    assert not (tmp_path / "run" / "teacher").exists()
+    assert any("not fine-tuned" in m for m in messages)
+    assert result.summary["teacher"]["finetuned_here"] is False
+
+    # the same strategy with task KD needs the fine-tuned teacher: it fine-tunes (another fingerprint)
+    task_kd = {**general, "teacher": "finetuned"}
+    steps[1] = {"kind": "distill", "distiller": "intermediate_kd", "options": task_kd}
+    again = Strategy.from_dict({**strategy.to_dict(), "steps": steps})
+    Pipeline(again, output_dir=tmp_path / "run2", progress=False, echo=messages.append).run()
+    state = json.loads((tmp_path / "run2" / "state.json").read_text())
+    assert state["stages"]["teacher"]["result"]["finetuned_here"] is True
+
+
+def test_compress_of_a_model_object_with_restart_keeps_its_teacher_and_returns_the_student(
+    tiny_teacher: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """``compress(model, ..., restart=True)`` saves the model into the run folder, which ``restart`` then
+    empties: the saved teacher must survive, and the result carries the final student."""
+    from transformers import AutoModelForSequenceClassification
+
+    import compresskit
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher, num_labels=2)
+    strategy = tiny_strategy(tiny_teacher, data_dir, tracking={"tracker": "none"})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stale.txt").write_text("from an earlier run")
+    result = compresskit.compress(model, strategy, output_dir=tmp_path / "run", restart=True, progress=False)
+
+    assert not (tmp_path / "run" / "stale.txt").exists()  # restart did empty the folder
+    assert (tmp_path / "run" / "input_model" / "config.json").is_file()
+    assert isinstance(result.student, torch.nn.Module)
+    saved = compresskit.load(result.model_dir).state_dict()
+    student = result.student.state_dict()
+    assert sorted(saved) == sorted(student)
+    assert all(torch.equal(saved[name], student[name]) for name in saved)

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from compresskit_plugins.distillers.common import split_batch
 from compresskit_plugins.distillers.data import PairedCollator
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from compresskit.distillation import LayerMapping
 from compresskit.errors import CheckpointError, ConfigError, TrainingError
+from compresskit.kd_engine import split_batch
 from compresskit.registry import Registry
 
 TRAIN = {
@@ -289,3 +289,15 @@ def test_softmax_logit_loss_on_a_regression_student_fails_before_training(
             regressor(1), {"finetuned": regressor(0)}, {"train": regression_loader()}, output_dir=tmp_path
         )
     assert not (tmp_path / "train").exists()
+
+
+def test_distill_cli_names_each_datas_task() -> None:
+    from compresskit.commands.distill import _data_tasks
+    from compresskit.errors import UsageError
+
+    sources = _data_tasks(["stage1=text", "stage2 = glue"], ["stage1:block_size=64", "stage2:task='sst2'"])
+    assert sources == {"stage1": ("text", ["block_size=64"]), "stage2": ("glue", ["task='sst2'"])}
+    with pytest.raises(UsageError, match="expected NAME=TASK"):
+        _data_tasks(["stage1"], [])
+    with pytest.raises(UsageError, match="a NAME given by --data"):
+        _data_tasks(["stage1=text"], ["stage3:files=[]"])

@@ -1,4 +1,7 @@
-"""Pieces shared by the built-in distillers: batch format, student wrapper, losses, ``compute_loss``.
+"""The knowledge-distillation engine: batch format, student wrapper, loss plan, teacher cache and
+``compute_loss``.
+
+Any distiller can use it (the built-in ones do); :mod:`compresskit.kd_stage` runs one stage on it.
 
 Batch format: a plain batch (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``) is fed to
 both models. When teacher and student use different tokenizers the batch carries ``student_inputs`` and
@@ -53,6 +56,18 @@ class DistillationModel(nn.Module):
         super().__init__()
         self.student = student
         self.projection = projection
+
+    def forward(
+        self, inputs: Mapping[str, Any], *, parts: EncoderParts, attention_scores: bool
+    ) -> DistillationOutputs:
+        """The student's outputs on ``inputs`` (hidden states projected to the teacher's width).
+
+        The Trainer calls this through whatever wraps the model (DistributedDataParallel under
+        ``accelerate launch``, accelerate's autocast), so the student's gradients are all-reduced and
+        its forward runs in the configured precision.
+        """
+        outputs = model_outputs(self.student, inputs, parts=parts, attention_scores=attention_scores)
+        return _project(outputs, self.projection)
 
 
 def hidden_size(model: nn.Module) -> int | None:
@@ -197,19 +212,17 @@ def _project(outputs: DistillationOutputs, projection: nn.Module | None) -> Dist
 
 
 def make_compute_loss(plan: LossPlan) -> Callable[[nn.Module, Mapping[str, Any]], dict[str, torch.Tensor]]:
-    """``compute_loss(wrapper, batch)`` for the Trainer: the weighted sum of the plan's losses.
+    """``compute_loss(model, batch)`` for the Trainer, ``model`` a :class:`DistillationModel` (or what wraps
+    it): the weighted sum of the plan's losses.
 
     Returns ``{"loss": Σ_k w_k·L_k, name_k: w_k·L_k, ...}`` (KroneckerBERT Eq. 14 with the configured
     weights).
     """
 
     def compute_loss(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        wrapper: Any = getattr(model, "module", model)
         student_inputs, teacher_inputs = split_batch(batch)
-        student = model_outputs(
-            wrapper.student, student_inputs, parts=plan.student_parts, attention_scores=plan.scores
-        )
-        student = _project(student, wrapper.projection)
+        # through the model's own forward (a DistillationModel, possibly wrapped): never model.module
+        student = model(student_inputs, parts=plan.student_parts, attention_scores=plan.scores)
         needs_teacher = any(loss.needs_teacher for loss in plan.losses)
         teacher = teacher_outputs(plan, teacher_inputs) if needs_teacher else DistillationOutputs()
         inputs = LossInputs(student, teacher, batch, plan.mapping)

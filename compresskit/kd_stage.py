@@ -1,4 +1,5 @@
-"""One distillation stage: options, validation and a run of :class:`compresskit.training.Trainer`.
+"""One distillation stage (a :class:`~compresskit.distillation.StagePlan`): validation and a run of
+:class:`compresskit.training.Trainer` on the KD engine (:mod:`compresskit.kd_engine`).
 
 Each stage trains in its own folder (``output_dir/<stage>``) with a fingerprint naming the distiller,
 the stage, its losses, mapping and teacher, so an interrupted run resumes inside the stage it was in,
@@ -9,18 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from compresskit.component import parse_options
+from compresskit.distillation import StageOptions, StagePlan
 from compresskit.errors import ConfigError, did_you_mean
-from compresskit.registry import Registry
-from compresskit.training import Trainer, TrainingConfig
-
-from .common import (
+from compresskit.kd_engine import (
     DistillationModel,
     build_losses,
     make_compute_loss,
@@ -28,28 +26,8 @@ from .common import (
     model_fingerprint,
     plan_losses,
 )
-
-
-@dataclass(frozen=True)
-class StageOptions:
-    """Options of one stage (a ``[steps.options.stage1]`` table, or a single-stage distiller's options).
-
-    ``losses`` maps loss names to a weight or to a table of that loss's options (``None``: the
-    distiller's defaults for the student's problem type, e.g. logit MSE instead of a softmax-based logit
-    loss for a regression head); ``teacher`` and
-    ``data`` name entries of the ``teachers`` and ``data`` mappings given to ``distill``; ``mapping`` is
-    ``"auto"`` (one-to-one for equal depths, else uniform), ``"one_to_one"``, ``"uniform"`` or a list;
-    ``training`` holds :class:`compresskit.training.TrainingConfig` fields.
-    """
-
-    losses: dict[str, Any] | None = None
-    teacher: str = "finetuned"
-    data: str = "train"
-    training: dict[str, Any] = field(default_factory=dict)
-    mapping: str | tuple[Any, ...] = "auto"
-    cache_teacher_outputs: bool = False
-    primary_metric: str | None = None
-    greater_is_better: bool = True
+from compresskit.registry import Registry
+from compresskit.training import Trainer, TrainingConfig
 
 
 def parse_stage(values: Mapping[str, Any], defaults: StageOptions, where: str) -> StageOptions:
@@ -63,9 +41,14 @@ def with_default_losses(stage: StageOptions, defaults: Mapping[str, Any]) -> Sta
     return stage if stage.losses is not None else dataclasses.replace(stage, losses=dict(defaults))
 
 
-def training_config(stage: StageOptions, where: str) -> TrainingConfig:
-    """The stage's :class:`TrainingConfig`; an unknown field is a :class:`ConfigError` with did-you-mean."""
-    return parse_options(TrainingConfig, dict(stage.training), f"{where}.training")
+def training_config(
+    stage: StageOptions, where: str, defaults: Mapping[str, Any] | None = None
+) -> TrainingConfig:
+    """The stage's :class:`TrainingConfig` over the run's ``defaults``; an unknown field is a
+    :class:`ConfigError` with did-you-mean."""
+    return parse_options(
+        TrainingConfig, {**dict(defaults or {}), **dict(stage.training)}, f"{where}.training"
+    )
 
 
 def pick(mapping: Mapping[str, Any], key: str, what: str, where: str) -> Any:
@@ -80,14 +63,17 @@ def pick(mapping: Mapping[str, Any], key: str, what: str, where: str) -> Any:
 
 
 def check_stage(
+    plan: StagePlan,
     *,
-    stage: StageOptions,
     student: nn.Module,
     teachers: Mapping[str, nn.Module],
     registry: Registry,
     where: str,
 ) -> None:
-    """What :func:`run_stage` checks before training, on shape-only models (``where``: config path)."""
+    """What :func:`run_stage` checks before training, on shape-only models (``where``: the stage's config
+    path). Raises :class:`ConfigError` for a missing teacher, a bad training field, an unknown loss or
+    a loss the models cannot feed."""
+    stage = plan.options
     teacher = pick(teachers, stage.teacher, "teacher", where)
     training_config(stage, where)
     losses = build_losses(registry, stage.losses or {}, f"{where}.losses")
@@ -95,10 +81,9 @@ def check_stage(
 
 
 def run_stage(
+    plan: StagePlan,
     *,
-    name: str,
     distiller: str,
-    stage: StageOptions,
     student: nn.Module,
     teachers: Mapping[str, nn.Module],
     data: Mapping[str, Any],
@@ -106,36 +91,43 @@ def run_stage(
     evaluate: Callable[[nn.Module], Mapping[str, float]] | None,
     tracker: Any,
     registry: Registry,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``student`` for one stage and return the Trainer's result as a dict."""
+    """Train ``student`` in place for one stage and return the Trainer's result as a dict.
+
+    The stage reads ``data[plan.data]`` and learns from ``teachers[plan.teacher]``; ``defaults`` are
+    :class:`TrainingConfig` fields of the run (seed, progress, cpu) under the stage's own ``training``
+    table. Trains in ``output_dir/<plan.name>`` and resumes from its checkpoints.
+    """
+    name, stage = plan.name, plan.options
     where = f"{distiller}.{name}"
     teacher = pick(teachers, stage.teacher, "teacher", where)
     loader = pick(data, stage.data, "data", where)
-    config = training_config(stage, where)
+    config = training_config(stage, where, defaults)
     losses = build_losses(registry, stage.losses or {}, f"{where}.losses")
     cache = stage.cache_teacher_outputs
-    plan = plan_losses(student, teacher, losses, stage.mapping, cache=cache, where=where)
+    loss_plan = plan_losses(student, teacher, losses, stage.mapping, cache=cache, where=where)
     try:
-        wrapper = DistillationModel(student, make_projection(student, teacher, plan))
+        wrapper = DistillationModel(student, make_projection(student, teacher, loss_plan))
         trainer = Trainer(
             wrapper,
             config,
             loader,
-            make_compute_loss(plan),
+            make_compute_loss(loss_plan),
             output_dir=output_dir / name,
             evaluate=(lambda model: evaluate(getattr(model, "student", model))) if evaluate else None,
             primary_metric=stage.primary_metric if evaluate else None,
             greater_is_better=stage.greater_is_better,
             tracker=tracker,
             stage=name,
-            fingerprint=_fingerprint(distiller, name, stage, teacher, plan.mapping.pairs),
+            fingerprint=_fingerprint(distiller, name, stage, teacher, loss_plan.mapping.pairs),
             frozen_modules=(teacher,),
         )
         result = trainer.train().to_dict()
     finally:
-        plan.restore()
-    if plan.cache is not None:
-        result["teacher_cache"] = dict(plan.stats)
+        loss_plan.restore()
+    if loss_plan.cache is not None:
+        result["teacher_cache"] = dict(loss_plan.stats)
     return result
 
 
