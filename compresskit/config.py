@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.config_lines import ConfigSource, locate
-from compresskit.distillation import FINETUNED, PRETRAINED, StagePlan
-from compresskit.errors import ConfigError, UsageError
+from compresskit.distillation import FINETUNED, PRETRAINED, StagePlan, check_loss_weight
+from compresskit.errors import ConfigError, UsageError, did_you_mean
 from compresskit.registry import Registry
 from compresskit.strategy import DecomposeStep, DistillStep, Strategy, strategy_from_dict
 
@@ -153,6 +153,7 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
         if isinstance(step, DistillStep):
             distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
             _validate_distiller_stages(distiller, registry, f"{where}.options")
+            _validate_data_names(step, distiller, f"{where}.data")
             resolved[index] = distiller
             for name, data in step.data.items():
                 if data.task is not None:
@@ -204,8 +205,21 @@ def _validate_distiller_stages(distiller: Any, registry: Registry, where: str) -
                     "least one loss with its weight (e.g. losses = { logit_kl = 1.0 }), or leave the table "
                     "out to use the distiller's default losses."
                 )
-            for loss in losses:
+            for loss, value in losses.items():
                 registry.get("loss", str(loss), where=f"{at}.losses")
+                check_loss_weight(value, f"{at}.losses.{loss}")
+
+
+def _validate_data_names(step: DistillStep, distiller: Any, where: str) -> None:
+    """Every ``[steps.data.<name>]`` table must name data a stage of the distiller reads (a misspelt
+    name would otherwise be ignored and the stage would read its default data)."""
+    read = [plan.data for plan in distiller_stages(distiller, where)]
+    for name in step.data:
+        if name not in read:
+            raise ConfigError(
+                f"{where}.{name}: distiller {step.distiller!r} has no stage that reads data {name!r}."
+                f"{did_you_mean(name, read)} Its stages read: {', '.join(sorted(set(read)))}."
+            )
 
 
 def _validate_training(values: Mapping[str, Any], where: str) -> None:

@@ -13,6 +13,7 @@ each needs, its options and where they sit in the config, so whoever runs it (``
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -290,6 +291,19 @@ class StagePlan:
     def where(self, options_path: str) -> str:
         """The config path of this stage's options under ``options_path`` (e.g. ``steps[1].options``)."""
         return f"{options_path}.{self.path}" if self.path else options_path
+
+
+def check_loss_weight(value: Any, where: str) -> None:
+    """A loss weight must be a finite number ≥ 0 (a negative weight would train *away* from the teacher)."""
+    weight = value.get("weight", 1.0) if isinstance(value, Mapping) else value
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        return  # the type is the loss options' parser's to report
+    if not math.isfinite(weight) or weight < 0:
+        raise ConfigError(
+            f"{where}: weight {weight!r}; a loss weight must be a finite number ≥ 0 (a negative weight "
+            "maximises the loss, i.e. pushes the student away from the teacher). Use e.g. 1.0, or 0 to "
+            "switch the loss off."
+        )
 
 
 class Distiller(Component):

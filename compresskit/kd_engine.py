@@ -25,7 +25,14 @@ from compresskit.capture import (
     model_outputs,
     restore_attention,
 )
-from compresskit.distillation import DistillationOutputs, LayerMapping, Loss, LossInputs, problem_type_of
+from compresskit.distillation import (
+    DistillationOutputs,
+    LayerMapping,
+    Loss,
+    LossInputs,
+    check_loss_weight,
+    problem_type_of,
+)
 from compresskit.errors import ConfigError
 from compresskit.registry import Registry
 
@@ -91,6 +98,7 @@ def build_losses(registry: Registry, spec: Mapping[str, Any], where: str) -> lis
         raise ConfigError(f"{where}: no loss given; name at least one, e.g. {{hidden_mse = 1.0}}.")
     losses = []
     for name, value in spec.items():
+        check_loss_weight(value, f"{where}.{name}")
         if isinstance(value, int | float) and not isinstance(value, bool):
             options: Mapping[str, Any] = {"weight": float(value)}
         elif isinstance(value, Mapping):

@@ -18,6 +18,7 @@ In order (each failure is a :class:`~compresskit.errors.CompressKitError` naming
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +104,40 @@ def _preflight(strategy: Strategy, registry: Registry) -> Checked:
     tokenizer = load_tokenizer(
         tokenizer_source, "model.tokenizer" if strategy.model.tokenizer else "model.teacher"
     )
+    check_lengths(strategy, config, tokenizer, task)
     finetunes = not teacher_is_finetuned and needs_finetuned_teacher(strategy, steps)
     check_data(strategy, registry, task, steps, needs_train=finetunes)
     plans = dry_run_steps(strategy, registry, meta_model(config, task), steps)
     return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans, steps, finetunes)
+
+
+def check_lengths(strategy: Strategy, config: Any, tokenizer: Any, task: Any) -> None:
+    """Every sequence length the run will use fits the teacher's position table (else training would
+    fail with a shape error after the teacher was fine-tuned)."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    usable = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    if not usable:
+        return  # relative positions (e.g. T5): no fixed table
+    most = min(usable)
+    default = getattr(getattr(task, "options", None), "max_length", None)
+    lengths = [("finetune.max_length", strategy.finetune.max_length)]
+    lengths.append(("evaluation.max_length", strategy.evaluation.max_length))
+    for index, step in enumerate(strategy.steps):
+        for name, spec in getattr(step, "data", {}).items():
+            if spec.task is None:
+                lengths.append((f"steps[{index}].data.{name}.max_length", spec.max_length))
+    for where, length in lengths:
+        if length is not None and length > most:
+            raise ConfigError(
+                f"{where} is {length} but the teacher takes at most {most} tokens (max_position_embeddings "
+                f"/ the tokenizer's model_max_length); set {where} = {most} or less."
+            )
+    if isinstance(default, int) and default > most and any(length is None for _, length in lengths):
+        warnings.warn(
+            f"task.options.max_length is {default} but the teacher takes at most {most} tokens: an example "
+            f"longer than that will stop training with a shape error. Set task.options.max_length = {most}.",
+            stacklevel=2,
+        )
 
 
 def needs_finetuned_teacher(strategy: Strategy, steps: Mapping[int, Any]) -> bool:

@@ -549,3 +549,20 @@ def test_evaluate_refuses_a_head_that_does_not_fit_the_task(
     assert code == 3 and "the model's head has 2 output(s) but the task needs 1 (regression)" in message, (
         message
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "expect"),
+    [
+        ("steps[1].options.losses={logit_kl=-1.0}", "a loss weight must be a finite number ≥ 0"),
+        ("steps[1].data.trian={limit=4}", "has no stage that reads data 'trian'. Did you mean 'train'?"),
+        ("evaluation.max_length=100", "evaluation.max_length is 100 but the teacher takes at most 64 tokens"),
+    ],
+    ids=["negative-loss-weight", "misspelt-data-name", "longer-than-positions"],
+)
+def test_inputs_that_used_to_run_or_fail_late_stop_first(
+    world: World, capsys: pytest.CaptureFixture[str], override: str, expect: str
+) -> None:
+    code, message = run_cli(world, world.run(override), capsys)
+    assert code == 3 and expect in message and "Traceback" not in message, message
+    assert not (world.out / "teacher").exists()  # stopped before fine-tuning the teacher
