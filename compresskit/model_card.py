@@ -107,7 +107,8 @@ def render(facts: CardFacts, folder_name: str = "path/to/this/folder") -> str:
 def write(folder: str | Path, facts: CardFacts) -> Path:
     """Write ``README.md`` into ``folder``."""
     path = Path(folder) / CARD_FILE
-    path.write_text(render(facts, Path(folder).name), encoding="utf-8")
+    # the folder may be moved or shared, so the card names no path of this machine
+    path.write_text(render(facts), encoding="utf-8")
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,5 +67,11 @@ def _copy_tokenizer(source: Path, output: Path) -> None:
     try:
         tokenizer = load_tokenizer(source)
     except ConfigError:
+        warnings.warn(
+            f"{source} has no tokenizer, so {output} has none either: `compresskit evaluate`, pipeline() and "
+            f"MLflow serving need one. Save it there: AutoTokenizer.from_pretrained(...).save_pretrained"
+            f"({str(output)!r}).",
+            stacklevel=2,
+        )
         return
     tokenizer.save_pretrained(str(output))
