@@ -142,6 +142,7 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
     here once for the preflight's dry run and the run itself.
     """
     registry = registry or Registry.from_plugins()
+    registry.get("task", strategy.task.name, where="task.name")  # an unknown name points at the name
     registry.create("task", strategy.task.name, strategy.task.options, where="task.options")
     if strategy.tracking.tracker != "none":
         options = tracker_options(strategy, registry)
@@ -151,6 +152,7 @@ def validate_components(strategy: Strategy, registry: Registry | None = None) ->
     for index, step in enumerate(strategy.steps):
         where = f"steps[{index}]"
         if isinstance(step, DistillStep):
+            registry.get("distiller", step.distiller, where=f"{where}.distiller")
             distiller = registry.create("distiller", step.distiller, step.options, where=f"{where}.options")
             _validate_distiller_stages(distiller, registry, f"{where}.options")
             _validate_data_names(step, distiller, f"{where}.data")

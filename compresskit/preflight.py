@@ -18,7 +18,6 @@ In order (each failure is a :class:`~compresskit.errors.CompressKitError` naming
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,14 +111,14 @@ def _preflight(strategy: Strategy, registry: Registry) -> Checked:
 
 
 def check_lengths(strategy: Strategy, config: Any, tokenizer: Any, task: Any) -> None:
-    """Every sequence length the run will use fits the teacher's position table (else training would
-    fail with a shape error after the teacher was fine-tuned)."""
+    """Every sequence length the config sets fits the teacher's position table (else training would
+    fail with a shape error after the teacher was fine-tuned). ``task`` is unused for now: its own
+    default length is not checked, as short texts never reach it."""
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     usable = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
     if not usable:
         return  # relative positions (e.g. T5): no fixed table
     most = min(usable)
-    default = getattr(getattr(task, "options", None), "max_length", None)
     lengths = [("finetune.max_length", strategy.finetune.max_length)]
     lengths.append(("evaluation.max_length", strategy.evaluation.max_length))
     for index, step in enumerate(strategy.steps):
@@ -132,12 +131,6 @@ def check_lengths(strategy: Strategy, config: Any, tokenizer: Any, task: Any) ->
                 f"{where} is {length} but the teacher takes at most {most} tokens (max_position_embeddings "
                 f"/ the tokenizer's model_max_length); set {where} = {most} or less."
             )
-    if isinstance(default, int) and default > most and any(length is None for _, length in lengths):
-        warnings.warn(
-            f"task.options.max_length is {default} but the teacher takes at most {most} tokens: an example "
-            f"longer than that will stop training with a shape error. Set task.options.max_length = {most}.",
-            stacklevel=2,
-        )
 
 
 def needs_finetuned_teacher(strategy: Strategy, steps: Mapping[int, Any]) -> bool:

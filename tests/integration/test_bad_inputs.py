@@ -557,8 +557,16 @@ def test_evaluate_refuses_a_head_that_does_not_fit_the_task(
         ("steps[1].options.losses={logit_kl=-1.0}", "a loss weight must be a finite number ≥ 0"),
         ("steps[1].data.trian={limit=4}", "has no stage that reads data 'trian'. Did you mean 'train'?"),
         ("evaluation.max_length=100", "evaluation.max_length is 100 but the teacher takes at most 64 tokens"),
+        ('steps[1].distiller="logit_kd"', "unknown distiller 'logit_kd' (in steps[1].distiller)"),
+        ('task.name="gleu"', "unknown task 'gleu' (in task.name)"),
     ],
-    ids=["negative-loss-weight", "misspelt-data-name", "longer-than-positions"],
+    ids=[
+        "negative-loss-weight",
+        "misspelt-data-name",
+        "longer-than-positions",
+        "distiller-name",
+        "task-name",
+    ],
 )
 def test_inputs_that_used_to_run_or_fail_late_stop_first(
     world: World, capsys: pytest.CaptureFixture[str], override: str, expect: str
