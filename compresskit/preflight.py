@@ -103,17 +103,17 @@ def _preflight(strategy: Strategy, registry: Registry) -> Checked:
     tokenizer = load_tokenizer(
         tokenizer_source, "model.tokenizer" if strategy.model.tokenizer else "model.teacher"
     )
-    check_lengths(strategy, config, tokenizer, task)
+    check_lengths(strategy, config, tokenizer)
     finetunes = not teacher_is_finetuned and needs_finetuned_teacher(strategy, steps)
     check_data(strategy, registry, task, steps, needs_train=finetunes)
     plans = dry_run_steps(strategy, registry, meta_model(config, task), steps)
     return Checked(task, tokenizer, pretrained, teacher_is_finetuned, plans, steps, finetunes)
 
 
-def check_lengths(strategy: Strategy, config: Any, tokenizer: Any, task: Any) -> None:
+def check_lengths(strategy: Strategy, config: Any, tokenizer: Any) -> None:
     """Every sequence length the config sets fits the teacher's position table (else training would
-    fail with a shape error after the teacher was fine-tuned). ``task`` is unused for now: its own
-    default length is not checked, as short texts never reach it."""
+    fail with a shape error after the teacher was fine-tuned). A task's own default length is not
+    checked: short texts never reach it."""
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     usable = [int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
     if not usable:
